@@ -1,0 +1,52 @@
+"""The three item kinds every suite and method consumes.
+
+- `QAItem`: a question about a subject with its answer, a paraphrased answer, perturbed (wrong)
+  answers of the same type and template, and paraphrased question forms (used as held-out forms).
+- `TextPassage`: free text, optionally split into a prefix and a continuation (verbatim memorisation).
+- `LabelledText`: text with a class label (the SPUL / ICUL setting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class QAItem:
+    question: str
+    answer: str
+    paraphrased_answer: str | None = None
+    perturbed_answers: list[str] = field(default_factory=list)
+    paraphrased_questions: list[str] = field(default_factory=list)
+    subject: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TextPassage:
+    text: str
+    prefix: str | None = None
+    continuation: str | None = None
+    subject: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LabelledText:
+    text: str
+    label: str
+    subject: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Item = QAItem | TextPassage | LabelledText
