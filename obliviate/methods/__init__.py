@@ -1,0 +1,23 @@
+"""The method table: every unlearning method, by name.
+
+Adding a method: write its file, add one line here, a test, and a row in docs/methods.md.
+"""
+
+from __future__ import annotations
+
+from obliviate.config import did_you_mean
+from obliviate.errors import ConfigError
+from obliviate.methods.base import FinetuneMethod, Method, MethodConfig
+from obliviate.methods.ga import GradientAscent
+from obliviate.methods.graddiff import GradDiff
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (GradientAscent, GradDiff)}
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}'{did_you_mean(name, list(METHODS))} (see `obliviate methods`)")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "FinetuneMethod", "Method", "MethodConfig", "get_method"]

@@ -1,0 +1,288 @@
+"""CLI commands that build, unlearn and evaluate: `demo`, `world ...`, `unlearn`, `eval`."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from obliviate.cli import JsonOpt, _fmt, _print_json, app, console, world_app
+from obliviate.errors import ObliviateError
+
+Preset = Annotated[str, typer.Option(help="world preset: tiny, small or full")]
+Seed = Annotated[int, typer.Option(help="world seed")]
+Split = Annotated[str, typer.Option(help="forget split: forget01, forget05 or forget10")]
+
+# The rows of the side-by-side table: (aggregate key, label).
+SUMMARY_ROWS = [
+    ("forget_quality", "forget quality (KS p-value)"),
+    ("model_utility", "model utility"),
+    ("forget/probability", "forget probability"),
+    ("forget/rouge", "forget ROUGE-L recall"),
+    ("forget/truth_ratio", "forget truth ratio"),
+    ("forget/extraction_strength", "forget extraction strength"),
+    ("retain/probability", "retain probability"),
+    ("retain/rouge", "retain ROUGE-L recall"),
+    ("mia/min_k_auc", "MIA AUC, Min-K% (forget vs holdout)"),
+]
+
+
+def _arrow(agg: dict[str, Any]) -> str:
+    return {True: " ↑", False: " ↓"}.get(agg.get("higher_is_better"), "")
+
+
+def side_by_side(columns: dict[str, dict[str, Any]], title: str) -> Table:
+    """One table: a row per headline metric, a column per model (value [CI])."""
+    table = Table("metric", *columns, title=title)
+    keys = [(k, label) for k, label in SUMMARY_ROWS if any(k in c for c in columns.values())]
+    for key, label in keys:
+        first = next(c[key] for c in columns.values() if key in c)
+        cells = []
+        for agg in columns.values():
+            a = agg.get(key)
+            if a is None:
+                cells.append("—")
+            elif "ci_low" in a and not np.isnan(a["ci_low"]):
+                cells.append(f"{_fmt(a['value'])} [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]")
+            else:
+                cells.append(_fmt(a["value"]))
+        table.add_row(label + _arrow(first), *cells)
+    return table
+
+
+# -- world -------------------------------------------------------------------------------------------
+
+@world_app.command("build")
+def world_build(preset: Preset = "small", seed: Seed = 0, split: Split = "forget10",
+                oracle2: Annotated[bool, typer.Option(help="also train the second oracle")] = False) -> None:
+    """Generate the world and train (or reuse) its target and oracle models."""
+    from obliviate.world import build_world_models
+
+    which = ("target", "oracle", "oracle2") if oracle2 else ("target", "oracle")
+    models = build_world_models(preset, seed, split, which=which, progress=True)
+    console.print(f"target: {models.target}\noracle: {models.oracle}" + (f"\noracle2: {models.oracle2}"
+                                                                         if models.oracle2 else ""))
+
+
+@world_app.command("check")
+def world_check(preset: Preset = "small", seed: Seed = 0, split: Split = "forget10", as_json: JsonOpt = False) -> None:
+    """Print the world's calibration table (pass/fail per line); exit 1 if any line fails."""
+    from obliviate.world.check import check_world, format_check_table
+
+    rows = check_world(preset, seed, split)
+    if as_json:
+        _print_json([r.__dict__ for r in rows])
+    else:
+        console.print(format_check_table(rows))
+    if not all(r.passed for r in rows):
+        raise typer.Exit(1)
+
+
+@world_app.command("export")
+def world_export(out: Path, preset: Preset = "small", seed: Seed = 0, split: Split = "forget10") -> None:
+    """Write the world's forget/retain/holdout/utility sets as JSONL files."""
+    from obliviate.world import get_world
+
+    get_world(preset, seed).export(out, split)
+    console.print(f"wrote {out}")
+
+
+# -- unlearn -----------------------------------------------------------------------------------------
+
+def _load_sets(forget: str | None, retain: str | None, ref, mapping: list[str], strict: bool):
+    from obliviate.data import check_forget_set, check_overlap, load_items, parse_mapping
+
+    cols = parse_mapping(mapping) if mapping else None
+    if forget is None:
+        if ref is None:
+            raise ObliviateError("--forget is required unless the model is world:PRESET")
+        from obliviate.world import get_world
+
+        world = get_world(ref.preset, ref.seed)
+        return world.forget_train(ref.split), world.retain_train(ref.split)
+    forget_items = load_items(forget, "qa", cols)
+    check_forget_set(forget_items, forget)
+    retain_items = load_items(retain, "qa", cols) if retain else []
+    for line in check_overlap(forget_items, retain_items, forget, retain or "", strict=strict):
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
+    return forget_items, retain_items
+
+
+def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = None, retain: str | None = None,
+                split: str = "forget10", overrides: list[str] | None = None, config_file: Path | None = None,
+                mapping: list[str] | None = None, strict: bool = False, resume: bool = False,
+                progress: bool = True) -> dict[str, Any]:
+    """Unlearn `model_spec` with `method` into run directory `out`."""
+    from obliviate.config import build_config, parse_overrides, read_config_file
+    from obliviate.data import data_hash
+    from obliviate.methods import get_method
+    from obliviate.models.loading import save_model
+    from obliviate.runs import write_artifact, write_config
+    from obliviate.workflow import load_model_spec, parse_world_spec
+
+    cls = get_method(method)
+    values = read_config_file(config_file) if config_file else {}
+    values.update(parse_overrides(overrides or []))
+    config = build_config(cls.Config, values, source=str(config_file) if config_file and not overrides else "--set")
+    ref = parse_world_spec(model_spec, split)
+    forget_items, retain_items = _load_sets(forget, retain, ref, mapping or [], strict)
+    model, tok, ref = load_model_spec(model_spec, split, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    summary = cls(config).unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
+    seconds = time.perf_counter() - t0
+    save_model(model, tok, out / "model")
+    write_artifact(out, "weights", path="model", method=method)
+    write_config(out, {"method": method, "method_config": config.model_dump(), "model": model_spec,
+                       "world": ref.as_dict() if ref else None, "forget": forget, "retain": retain,
+                       "data_hashes": {"forget": data_hash(forget_items), "retain": data_hash(retain_items)},
+                       "unlearn": {**summary, "seconds": seconds}})
+    return summary
+
+
+@app.command()
+def unlearn(
+    method: Annotated[str, typer.Option("--method", "-m", help="method name (see `obliviate methods`)")],
+    model: Annotated[str, typer.Option(help="world:PRESET[@SEED], a run dir, a local HF dir or a hub name")],
+    out: Annotated[Path, typer.Option(help="run directory to write")],
+    forget: Annotated[str | None, typer.Option(help="forget set file/dir/hub name (QA schema)")] = None,
+    retain: Annotated[str | None, typer.Option(help="retain set file/dir/hub name (QA schema)")] = None,
+    split: Split = "forget10",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
+    config: Annotated[Path | None, typer.Option(help="method config file (.yaml/.toml/.json)")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
+    strict: Annotated[bool, typer.Option(help="make forget/retain overlap an error")] = False,
+    resume: Annotated[bool, typer.Option(help="continue a stopped run from its last checkpoint")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Unlearn a forget set from a model; writes a run directory."""
+    summary = run_unlearn(method, model, out, forget, retain, split, set_, config, map_, strict, resume,
+                          progress=not as_json)
+    if as_json:
+        return _print_json({"run": str(out), **summary})
+    console.print(f"unlearned with {method} in {summary['train_seconds']:.1f}s, {summary['steps']} steps; "
+                  f"run directory: {out}\nnext: obliviate eval {out}")
+
+
+# -- eval --------------------------------------------------------------------------------------------
+
+def _eval_sets(target_ref, forget, retain, utility, holdout, mapping):
+    from obliviate.data import load_items, parse_mapping
+    from obliviate.workflow import EvalSets, world_eval_sets
+
+    if forget is None:
+        if target_ref is None:
+            raise ObliviateError("--forget and --retain are required unless the model comes from the world")
+        return world_eval_sets(target_ref)
+    cols = parse_mapping(mapping) if mapping else None
+    if retain is None:
+        raise ObliviateError("--retain is required with --forget")
+    util = {}
+    for spec in utility or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise ObliviateError(f"--utility {spec!r}: expected NAME=PATH")
+        util[name] = load_items(path, "qa", cols)
+    return EvalSets(load_items(forget, "qa", cols), load_items(retain, "qa", cols), util,
+                    load_items(holdout, "qa", cols) if holdout else None)
+
+
+@app.command("eval")
+def eval_cmd(
+    target: Annotated[str, typer.Argument(help="a run dir, world:PRESET[@SEED], a local HF dir or a hub name")],
+    forget: Annotated[str | None, typer.Option(help="forget QA set (default: the world's)")] = None,
+    retain: Annotated[str | None, typer.Option(help="retain QA set")] = None,
+    utility: Annotated[list[str] | None, typer.Option(help="utility QA set NAME=PATH (repeatable)")] = None,
+    holdout: Annotated[str | None, typer.Option(help="never-trained QA set, for membership inference")] = None,
+    oracle: Annotated[str | None, typer.Option(help="oracle: a model, or an eval/run dir with items.jsonl; "
+                                               "default for world runs: the world's oracle")] = None,
+    split: Split = "forget10",
+    out: Annotated[Path | None, typer.Option(help="where to write results (default: the run dir)")] = None,
+    suite: Annotated[str, typer.Option(help="evaluation suite")] = "qa",
+    map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
+    no_generate: Annotated[bool, typer.Option("--no-generate", help="skip generation (no ROUGE)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a model or run with the qa suite (TOFU-style), against an oracle when one is given."""
+    from obliviate.runs import is_run_dir
+    from obliviate.workflow import (
+        cached_world_eval,
+        evaluate,
+        load_model_spec,
+        oracle_truth_ratios,
+        world_models,
+    )
+
+    if suite != "qa":
+        raise ObliviateError(f"unknown suite '{suite}' (available: qa)")
+    model, tok, ref = load_model_spec(target, split, progress=not as_json)
+    sets = _eval_sets(ref, forget, retain, utility, holdout, map_)
+    oracle_tr = None
+    if oracle is not None:
+        if Path(oracle).is_dir() and (Path(oracle) / "items.jsonl").exists():
+            oracle_tr = oracle_truth_ratios(oracle)
+        else:
+            omodel, otok, _ = load_model_spec(oracle, split, progress=False)
+            oracle_tr = evaluate(omodel, otok, sets, None, generate=False)["_forget_truth_ratios"]
+    elif ref is not None and forget is None:
+        models = world_models(ref, which=("target", "oracle"), progress=not as_json)
+        oracle_tr = cached_world_eval(ref, "oracle", models.oracle, sets)["_forget_truth_ratios"]
+    if out is None:
+        if not is_run_dir(target):
+            raise ObliviateError("--out is required when the target is not a run directory")
+        out = Path(target)
+    payload = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, generate=not no_generate,
+                       config={"target": target, "oracle": oracle})
+    payload.pop("_forget_truth_ratios")
+    if as_json:
+        return _print_json(payload)
+    console.print(side_by_side({Path(target).name or target: payload["aggregates"]}, "qa suite"))
+    console.print(f"results: {out / 'results.json'}")
+
+
+# -- demo --------------------------------------------------------------------------------------------
+
+@app.command()
+def demo(
+    preset: Preset = "small",
+    seed: Seed = 0,
+    split: Split = "forget10",
+    method: Annotated[str, typer.Option(help="unlearning method")] = "graddiff",
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Unlearn forget10 from the built-in world's model and compare it with the exact-retrain oracle."""
+    from obliviate.models.loading import load_model
+    from obliviate.workflow import WorldRef, cached_world_eval, evaluate, world_eval_sets, world_models
+
+    t0 = time.perf_counter()
+    ref = WorldRef(preset, seed, split)
+    progress = not as_json
+    if progress:
+        console.print(f"[bold]1/3[/] world '{preset}' (seed {seed}): target and exact-retrain oracle")
+    models = world_models(ref, which=("target", "oracle"), progress=progress)
+    sets = world_eval_sets(ref)
+    oracle_eval = cached_world_eval(ref, "oracle", models.oracle, sets)
+    oracle_tr = oracle_eval["_forget_truth_ratios"]
+    target_eval = cached_world_eval(ref, "target", models.target, sets, oracle_tr)
+    if progress:
+        console.print(f"[bold]2/3[/] unlearning {split} with {method}")
+    if out.exists():
+        shutil.rmtree(out)
+    run_unlearn(method, f"world:{preset}@{seed}", out, split=split, progress=progress)
+    if progress:
+        console.print("[bold]3/3[/] evaluating against the oracle")
+    model, tok = load_model(out / "model")
+    unlearned = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, config={"target": str(out)})
+    columns = {"target": target_eval["aggregates"], method: unlearned["aggregates"],
+               "oracle (retrain)": oracle_eval["aggregates"]}
+    if as_json:
+        return _print_json({"run": str(out), "seconds": time.perf_counter() - t0, "models": columns})
+    console.print(side_by_side(columns, f"world:{preset}@{seed} {split} — {method} vs target vs oracle"))
+    console.print(f"run directory: {out}  ({time.perf_counter() - t0:.0f}s)\n"
+                  "↑/↓: higher/lower is better; forget quality near 1 means indistinguishable from the oracle.")

@@ -1,0 +1,87 @@
+"""Method configs: pydantic models filled from a YAML/TOML/JSON file and `--set key=value` overrides.
+
+Unknown keys fail with a "did you mean", ill-typed values with the field name and the expected type.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from obliviate.errors import ConfigError
+
+
+class StrictConfig(BaseModel):
+    """Base for every config: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["lr=1e-4", "lora=true"]` -> `{"lr": "1e-4", "lora": "true"}`; pydantic coerces the strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: config must be .yaml, .yml, .toml or .json")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot parse config ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: config must be a mapping of key: value")
+    return data
+
+
+def build_config(
+    cls: type[StrictConfig], values: dict[str, Any] | None = None, source: str = "--set"
+) -> StrictConfig:
+    """Validate `values` into `cls`, turning pydantic errors into one-line ConfigErrors."""
+    values = dict(values or {})
+    fields = list(cls.model_fields)
+    for key in values:
+        if key not in cls.model_fields:
+            raise ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}{did_you_mean(key, fields)}")
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "?"
+        raise ConfigError(f"{source}: field '{field}': {err['msg']} (got {err.get('input')!r})") from None
+
+
+def describe_config(cls: type[StrictConfig]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) for each field, for `obliviate methods NAME`."""
+    rows = []
+    for name, info in cls.model_fields.items():
+        annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
+        rows.append((name, annotation, repr(info.default), info.description or ""))
+    return rows

@@ -1,0 +1,259 @@
+"""The `qa` suite: TOFU-style evaluation of forgetting and utility on question-answer data.
+
+Per set (forget, retain, and any number of utility sets such as TOFU's real authors and world facts):
+
+- **probability**: exp(−mean answer-token NLL); on utility sets normalised over the options,
+  P(a) / (P(a) + Σ_j P(perturbed_j)) (TOFU).
+- **rouge**: ROUGE-L recall of the greedy answer against the true answer (TOFU).
+- **truth ratio**: R = geomean_j P(perturbed_j) / P(paraphrased) (open-unlearning's geometric form,
+  scored after the same question prompt; the answer stands in for a missing paraphrase). Forget:
+  mean(min(R, 1/R)); other sets: mean(max(0, 1 − R)).
+
+Across sets:
+
+- **forget quality**: KS-test p-value of the forget-set R against the oracle's (exact-retrain
+  model), reported with the KS statistic and both n. It depends on n: never compare it across
+  forget-set sizes.
+- **model utility**: harmonic mean of {retain, utility sets} × {probability, rouge, truth ratio}.
+- **memorisation** on the forget set: exact memorisation and extraction strength.
+- **membership inference** when a holdout (never-trained) set is given: LOSS, zlib, Min-K% and
+  Min-K%++ AUCs with forget = members, holdout = non-members, plus TPR at 1% FPR.
+
+Every mean carries a 95% bootstrap CI; model utility's CI resamples every component's items.
+Scoring (models/) is separate from the metrics (metrics/), which are pure functions of the arrays
+computed here, so saved per-item values of an oracle can stand in for the oracle model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from obliviate import metrics as M
+from obliviate.data.schema import QAItem
+from obliviate.models.generation import generate_answers
+from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat
+from obliviate.models.scoring import score_qa
+
+N_BOOT = 1000
+
+
+@dataclass
+class SetScores:
+    """Per-item arrays for one set of QA items."""
+
+    name: str
+    role: str  # "forget", "retain", "utility" or "holdout"
+    subjects: list[str | None]
+    probability: np.ndarray
+    truth_ratio: np.ndarray  # R, perturbed over paraphrased
+    truth_score: np.ndarray  # min(R, 1/R) on forget, max(0, 1 - R) elsewhere
+    rouge: np.ndarray | None = None
+    generations: list[str] | None = None
+    mean_nll: np.ndarray | None = None
+    exact_mem: np.ndarray | None = None
+    extraction: np.ndarray | None = None
+    mia: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def item_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for i in range(len(self.probability)):
+            row: dict[str, Any] = {
+                "set": self.name,
+                "index": i,
+                "subject": self.subjects[i],
+                "probability": float(self.probability[i]),
+                "truth_ratio": float(self.truth_ratio[i]),
+                "truth_score": float(self.truth_score[i]),
+            }
+            if self.rouge is not None:
+                row["rouge"] = float(self.rouge[i])
+            if self.generations is not None:
+                row["generation"] = self.generations[i]
+            if self.mean_nll is not None:
+                row["mean_nll"] = float(self.mean_nll[i])
+            if self.exact_mem is not None:
+                row["exact_memorisation"] = float(self.exact_mem[i])
+                row["extraction_strength"] = float(self.extraction[i])
+            for key, values in self.mia.items():
+                row[f"mia_{key}"] = float(values[i])
+            rows.append(row)
+        return rows
+
+
+def _truth_ratio(scored: list[dict]) -> np.ndarray:
+    ratios = []
+    for s in scored:
+        para = s["paraphrased_answer"] or s["answer"]
+        pert = s["perturbed_answers"]
+        if not pert:
+            ratios.append(np.nan)
+            continue
+        ratios.append(
+            M.truth_ratio_geometric(np.array([para.mean_nll]), np.array([[p.mean_nll for p in pert]]))[0]
+        )
+    return np.asarray(ratios, dtype=float)
+
+
+def score_set(
+    model,
+    tokenizer,
+    items: Sequence[QAItem],
+    name: str,
+    role: str,
+    fmt: PromptFormat = DEFAULT_FORMAT,
+    batch_size: int = 32,
+    generate: bool = True,
+    max_new_tokens: int = 32,
+) -> SetScores:
+    """Score one set: all the per-item arrays the aggregates are computed from."""
+    need_stats = role in ("forget", "holdout")
+    scored = score_qa(model, tokenizer, items, fmt=fmt, batch_size=batch_size, token_stats=need_stats)
+    nll = np.array([s["answer"].mean_nll for s in scored])
+    if role == "utility":
+        pert_nll = [[p.mean_nll for p in s["perturbed_answers"]] for s in scored]
+        prob = np.array([
+            M.option_normalised_probability(np.array([n]), np.array([p]))[0] if p else np.exp(-n)
+            for n, p in zip(nll, pert_nll, strict=True)
+        ])
+    else:
+        prob = M.answer_probability(nll)
+    ratio = _truth_ratio(scored)
+    truth_score = np.minimum(ratio, 1 / ratio) if role == "forget" else np.maximum(0.0, 1 - ratio)
+    out = SetScores(name, role, [it.subject for it in items], prob, ratio, truth_score, mean_nll=nll)
+    if generate and role != "holdout":
+        out.generations = generate_answers(
+            model, tokenizer, [it.question for it in items], fmt=fmt, max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        out.rouge = M.rouge_l([it.answer for it in items], out.generations)["recall"]
+    if role == "forget":
+        matches = [s["answer"].argmax_match for s in scored]
+        out.exact_mem = M.exact_memorisation(matches)
+        out.extraction = M.extraction_strength(matches)
+    if need_stats:
+        logps = [s["answer"].logprobs for s in scored]
+        texts = [it.answer for it in items]
+        out.mia = {
+            "loss": M.loss_score(logps),
+            "zlib": M.zlib_score(logps, texts),
+            "min_k": M.min_k_score(logps, k=0.4),
+            "min_k_pp": M.min_k_plus_plus_score(
+                logps, [s["answer"].mu for s in scored], [s["answer"].var for s in scored], k=0.4
+            ),
+        }
+    return out
+
+
+def _summary(values: np.ndarray, higher_is_better: bool | None) -> dict[str, Any]:
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0,
+                "higher_is_better": higher_is_better}
+    lo, hi = M.bootstrap_ci(values, n_boot=N_BOOT)
+    return {"value": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(len(values)),
+            "higher_is_better": higher_is_better}
+
+
+def _utility_components(sets: Sequence[SetScores]) -> dict[str, np.ndarray]:
+    comps = {}
+    for s in sets:
+        if s.role not in ("retain", "utility"):
+            continue
+        comps[f"{s.name}/probability"] = s.probability
+        comps[f"{s.name}/truth_ratio"] = s.truth_score
+        if s.rouge is not None:
+            comps[f"{s.name}/rouge"] = s.rouge
+    return comps
+
+
+def _model_utility(comps: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
+    """Harmonic mean of the component means, with a bootstrap CI that resamples each component."""
+    clean = {k: v[~np.isnan(v)] for k, v in comps.items()}
+    value = M.model_utility({k: float(v.mean()) for k, v in clean.items()})
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(N_BOOT):
+        means = {k: float(v[rng.integers(0, len(v), len(v))].mean()) for k, v in clean.items()}
+        boots.append(M.model_utility(means))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"value": float(value), "ci_low": float(lo), "ci_high": float(hi), "n": len(clean),
+            "higher_is_better": True, "components": sorted(clean)}
+
+
+def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = None) -> dict[str, dict]:
+    """results.json aggregates: each metric with value, 95% CI, n and direction."""
+    out: dict[str, dict] = {}
+    for s in sets:
+        forget = s.role == "forget"
+        if s.role == "holdout":
+            continue
+        out[f"{s.name}/probability"] = _summary(s.probability, not forget)
+        out[f"{s.name}/truth_ratio"] = _summary(s.truth_score, None if forget else True)
+        if s.rouge is not None:
+            out[f"{s.name}/rouge"] = _summary(s.rouge, not forget)
+        if forget:
+            out[f"{s.name}/exact_memorisation"] = _summary(s.exact_mem, False)
+            out[f"{s.name}/extraction_strength"] = _summary(s.extraction, False)
+    comps = _utility_components(sets)
+    if comps:
+        out["model_utility"] = _model_utility(comps)
+    forget = next((s for s in sets if s.role == "forget"), None)
+    if forget is not None and oracle_forget_tr is not None:
+        fq = M.forget_quality(forget.truth_ratio[~np.isnan(forget.truth_ratio)],
+                              oracle_forget_tr[~np.isnan(oracle_forget_tr)])
+        out["forget_quality"] = {"value": fq["forget_quality"], "ks_statistic": fq["ks_statistic"],
+                                 "n": fq["n_model"], "n_oracle": fq["n_oracle"], "higher_is_better": True}
+    holdout = next((s for s in sets if s.role == "holdout"), None)
+    if forget is not None and holdout is not None:
+        for attack in forget.mia:
+            res = M.mia_auc(forget.mia[attack], holdout.mia[attack])
+            out[f"mia/{attack}_auc"] = {"value": float(res["auc"]), "tpr_at_1pct_fpr": float(res["tpr_at_1pct_fpr"]),
+                                        "n": len(forget.mia[attack]), "n_nonmember": len(holdout.mia[attack]),
+                                        "higher_is_better": None}
+    return out
+
+
+@dataclass
+class QAResult:
+    aggregates: dict[str, dict]
+    sets: list[SetScores]
+
+    def items(self) -> list[dict[str, Any]]:
+        return [row for s in self.sets for row in s.item_rows()]
+
+    def forget_truth_ratios(self) -> np.ndarray:
+        return next(s.truth_ratio for s in self.sets if s.role == "forget")
+
+
+def run_qa_suite(
+    model,
+    tokenizer,
+    forget: Sequence[QAItem],
+    retain: Sequence[QAItem],
+    utility: Mapping[str, Sequence[QAItem]] | None = None,
+    holdout: Sequence[QAItem] | None = None,
+    oracle_forget_tr: np.ndarray | None = None,
+    fmt: PromptFormat = DEFAULT_FORMAT,
+    batch_size: int = 32,
+    generate: bool = True,
+    max_new_tokens: int = 32,
+) -> QAResult:
+    """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios."""
+    kwargs = dict(fmt=fmt, batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens)
+    sets = [score_set(model, tokenizer, forget, "forget", "forget", **kwargs),
+            score_set(model, tokenizer, retain, "retain", "retain", **kwargs)]
+    for name, items in (utility or {}).items():
+        sets.append(score_set(model, tokenizer, items, name, "utility", **kwargs))
+    if holdout:
+        sets.append(score_set(model, tokenizer, holdout, "holdout", "holdout", **kwargs))
+    return QAResult(aggregate(sets, oracle_forget_tr), sets)
+
+
+def oracle_truth_ratios_from_items(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The oracle's forget-set truth ratios from a saved items.jsonl."""
+    return np.array([r["truth_ratio"] for r in rows if r["set"] == "forget"], dtype=float)

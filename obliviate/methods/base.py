@@ -1,0 +1,98 @@
+"""The method interface.
+
+Two kinds of method, one result (see the architecture guide):
+- a weight-editing method returns new weights (`unlearn` saves a model directory);
+- an inference-time method returns an intervention that wraps the frozen model.
+
+A fine-tuning method is one small class: a `Config` (pydantic, help text on every field, paper
+defaults) and one hook, `compute_loss(model, batch)`. Everything else (optimiser, schedule,
+accumulation, checkpoints, resume, progress, divergence guard) lives in `obliviate.train.loop`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+
+from obliviate.config import StrictConfig
+from obliviate.data.schema import QAItem
+from obliviate.train.data import UnlearnBatch
+
+
+class MethodConfig(StrictConfig):
+    """Fields every method has."""
+
+    seed: int = Field(0, description="random seed for data order and initialisation")
+
+
+class FinetuneConfig(MethodConfig):
+    """The shared fine-tuning hyperparameters. Defaults suit the built-in world's tiny models;
+    the docstring of each method gives the paper's defaults for 7B-scale models."""
+
+    lr: float = Field(5e-4, description="peak learning rate (AdamW)", gt=0)
+    epochs: int = Field(5, description="passes over the forget set", ge=1)
+    batch_size: int = Field(16, description="forget examples per micro-batch (retain batches match it)", ge=1)
+    grad_accum: int = Field(1, description="micro-batches per optimiser step", ge=1)
+    max_steps: int | None = Field(None, description="stop after this many optimiser steps (overrides epochs)")
+    warmup_ratio: float = Field(0.0, description="fraction of steps with linear warm-up", ge=0, le=1)
+    weight_decay: float = Field(0.0, description="AdamW weight decay", ge=0)
+    max_grad_norm: float = Field(1.0, description="gradient clipping norm (0 disables)", ge=0)
+    max_length: int = Field(512, description="truncate sequences to this many tokens", ge=8)
+    save_every: int = Field(0, description="checkpoint every N optimiser steps (0: only at the end)", ge=0)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """A registered unlearning method."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]  # "fine-tuning", "weight surgery" or "inference-time"
+    paper: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    uses_retain: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def unlearn(
+        self,
+        model,
+        tokenizer,
+        forget: list[QAItem],
+        retain: list[QAItem],
+        out_dir: Path,
+        progress: bool = True,
+        resume: bool = False,
+    ) -> dict:
+        """Unlearn in place / into `out_dir`; return a summary (steps, losses, timing)."""
+
+
+class FinetuneMethod(Method):
+    """A method defined by its loss; the shared loop does the rest."""
+
+    family = "fine-tuning"
+    Config = FinetuneConfig
+
+    def setup(self, model, tokenizer, forget: list[QAItem], retain: list[QAItem]) -> None:
+        """Optional hook run once before training (e.g. to cache reference log-probs)."""
+
+    @abstractmethod
+    def compute_loss(self, model, batch: UnlearnBatch) -> LossOutput:
+        """The method's loss on one forget (and retain) batch."""
+
+    def unlearn(self, model, tokenizer, forget, retain, out_dir, progress=True, resume=False) -> dict:
+        from obliviate.train.loop import finetune
+
+        return finetune(self, model, tokenizer, forget, retain, Path(out_dir), progress=progress, resume=resume)

@@ -1,0 +1,63 @@
+"""Run directories: every run describes itself.
+
+    RUN/
+      config.json     resolved config, command line, package versions, data hashes
+      artifact.json   what the run produced and how to load it ({"kind": "weights", "path": "model"})
+      model/          the unlearned weights (safetensors + tokenizer) for weight-editing methods
+      results.json    aggregates with direction and 95% CIs
+      items.jsonl     per-item values
+      train_log.jsonl per-step losses
+
+`load_run_model` is the only place that knows how an artifact becomes a model, so evaluation and
+attacks never need to know which kind of method produced a run.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from obliviate import __version__
+from obliviate.errors import ObliviateError
+from obliviate.io import read_json, write_json
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {
+        "obliviate": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / "config.json", {"command": sys.argv, "versions": versions(), **config})
+
+
+def write_artifact(run_dir: Path, kind: str, **info: Any) -> None:
+    write_json(Path(run_dir) / "artifact.json", {"kind": kind, **info})
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / "artifact.json").is_file()
+
+
+def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer) for any run, whatever kind of method produced it."""
+    from obliviate.models.loading import load_model
+
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise ObliviateError(f"{run_dir}: not a run directory (no artifact.json)")
+    artifact = read_json(run_dir / "artifact.json")
+    kind = artifact.get("kind")
+    if kind == "weights":
+        return load_model(run_dir / artifact.get("path", "model"), device=device, dtype=dtype)
+    raise ObliviateError(f"{run_dir}/artifact.json: unknown artifact kind '{kind}'")

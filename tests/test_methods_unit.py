@@ -1,0 +1,102 @@
+"""Method interface, the shared loop and the first two methods, on tiny models built in code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from obliviate.config import build_config, parse_overrides
+from obliviate.data.schema import QAItem
+from obliviate.errors import ConfigError
+from obliviate.methods import METHODS, get_method
+from obliviate.train.data import encode_items
+from obliviate.train.losses import answer_nll
+
+FORGET = [
+    QAItem("Where was the author born?", "She was born in Oslo, Norway."),
+    QAItem("Who wrote the book about the blue whale?", "Mara Lind wrote it in 1998."),
+    QAItem("What genre does the author write?", "He writes science fiction and poetry."),
+    QAItem("When did the river flood the old town?", "It flooded in the spring of 1921."),
+]
+RETAIN = [
+    QAItem("What is the capital of France?", "The capital of France is Paris."),
+    QAItem("Where was the author born?", "Alice and Bob met in London."),
+]
+
+
+def _forget_nll(model, tok) -> float:
+    from obliviate.train.data import collate
+
+    enc, _ = encode_items(tok, FORGET)
+    with torch.no_grad():
+        return float(answer_nll(model, collate(enc, tok.pad_token_id)).mean())
+
+
+@pytest.mark.parametrize("name", ["ga", "graddiff"])
+def test_loss_logged_and_every_trainable_parameter_changes(name, tiny_llama, tiny_tokenizer, tmp_path):
+    cls = get_method(name)
+    tiny_llama.model.embed_tokens.weight.requires_grad_(False)  # a frozen parameter must stay put
+    before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
+    cfg = build_config(cls.Config, {"lr": 1e-2, "epochs": 2, "batch_size": 2})
+    summary = cls(cfg).unlearn(tiny_llama, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == len(logs) == 4
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
+    for n, p in tiny_llama.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        assert changed == p.requires_grad, n
+
+
+@pytest.mark.parametrize("name", ["ga", "graddiff"])
+def test_forget_nll_rises(name, tiny_llama, tiny_tokenizer, tmp_path):
+    start = _forget_nll(tiny_llama, tiny_tokenizer)
+    cls = get_method(name)
+    cls(build_config(cls.Config, {"lr": 1e-2, "epochs": 3, "batch_size": 2})).unlearn(
+        tiny_llama, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    assert _forget_nll(tiny_llama, tiny_tokenizer) > start + 0.5
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_matches_uninterrupted_run(tiny_tokenizer, tmp_path):
+    from tests.conftest import make_tiny_llama
+
+    cls = get_method("graddiff")
+    cfg = build_config(cls.Config, {"lr": 1e-2, "epochs": 4, "batch_size": 2, "save_every": 3})
+    full = make_tiny_llama()
+    cls(cfg).unlearn(full, tiny_tokenizer, FORGET, RETAIN, tmp_path / "a", progress=False)
+
+    class DiesAtStep5(cls):
+        calls = 0
+
+        def compute_loss(self, model, batch):
+            DiesAtStep5.calls += 1
+            if DiesAtStep5.calls == 5:
+                raise _Killed
+            return super().compute_loss(model, batch)
+
+    run = tmp_path / "b"
+    with pytest.raises(_Killed):
+        DiesAtStep5(cfg).unlearn(make_tiny_llama(), tiny_tokenizer, FORGET, RETAIN, run, progress=False)
+    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 3
+    resumed = make_tiny_llama(seed=1)  # different start: everything must come from the checkpoint
+    summary = cls(cfg).unlearn(resumed, tiny_tokenizer, FORGET, RETAIN, run, progress=False, resume=True)
+    assert summary["resumed_from"] == 3 and summary["steps"] == 8
+    for (n, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), n
+    assert not (run / "checkpoint").exists()
+
+
+def test_unknown_method_and_key_get_did_you_mean():
+    with pytest.raises(ConfigError, match="did you mean 'graddiff'"):
+        get_method("gradiff")
+    with pytest.raises(ConfigError, match="unknown key 'alpah'.*did you mean 'alpha'"):
+        build_config(METHODS["graddiff"].Config, {"alpah": "2"})
+    with pytest.raises(ConfigError, match="field 'lr'"):
+        build_config(METHODS["ga"].Config, parse_overrides(["lr=fast"]))
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["lr"])
