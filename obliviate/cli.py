@@ -103,7 +103,7 @@ def compat_tofu_legacy(model_log: Path, oracle_log: Path, as_json: JsonOpt = Fal
     table = Table("metric", "value", title=f"TOFU legacy: {model_log.name} vs {oracle_log.name}")
     for key, value in report.items():
         if isinstance(value, (int, float)):
-            table.add_row(key, _fmt(float(value)))
+            table.add_row(key, _fmt(value))
     console.print(table)
 
 
