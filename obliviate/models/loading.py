@@ -1,0 +1,169 @@
+"""Loading and saving causal language models: a hub name or a local directory -> (model, tokenizer).
+
+Defaults: the fastest device available (cuda > mps > cpu); bfloat16 on GPUs that support it, otherwise
+float16 on cuda and float32 elsewhere. Loaded models are in eval mode and always have a pad
+token, so batched scoring and generation never have to special-case it. Remote code runs only when
+`trust_remote_code=True` is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+
+from obliviate.errors import ConfigError, ObliviateError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda, else mps, else cpu; anything else must name a device torch knows."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu") -> torch.dtype:
+    """"auto" -> bfloat16 on cuda when supported, else float16 on cuda, float32 on cpu/mps."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ConfigError(
+            f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16"
+        ) from None
+
+
+def _looks_local(name: str) -> bool:
+    """A filesystem path rather than a hub id (a hub id is "name" or "org/name")."""
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        return True
+    return os.sep != "/" and os.sep in name
+
+
+def ensure_pad_token(model, tokenizer) -> None:
+    """Give the tokenizer a pad token (eos, else a new `<pad>`) and tell the model its id."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _from_pretrained(loader, name: str, local: bool, **kwargs):
+    """Local files (a directory or the hub cache) first; the network only when they are missing."""
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+    except OSError:
+        if local:
+            raise
+        return loader.from_pretrained(name, **kwargs)
+
+
+def load_model(
+    name_or_path: str | Path,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    trust_remote_code: bool = False,
+):
+    """(model, tokenizer) from a hub name or a local directory, in eval mode, with a pad token."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    # Remote code runs only when asked for; the keyword is not even passed otherwise.
+    common = {"trust_remote_code": True} if trust_remote_code else {}
+    model_kwargs = {"dtype": torch_dtype, **common}
+    if dev.type != "cpu":
+        model_kwargs["device_map"] = {"": dev}  # load straight onto the accelerator
+    local = path.exists()
+    if local:
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ObliviateError(f"{path}: not a model directory (no config.json)")
+        name = str(path)
+        if any(path.glob("*.safetensors")):
+            model_kwargs["use_safetensors"] = True
+    elif _looks_local(name):
+        raise ObliviateError(f"{name}: model directory not found")
+    try:
+        config = _from_pretrained(AutoConfig, name, local, **common)  # fails fast, before any weights
+        tokenizer = _from_pretrained(AutoTokenizer, name, local, **common)
+        model = _from_pretrained(AutoModelForCausalLM, name, local, config=config, **model_kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        where = "" if local else " (not a local directory, and not loadable from the Hugging Face hub)"
+        raise ObliviateError(f"cannot load model {name!r}{where}: {_one_line(exc)}") from None
+    if "device_map" not in model_kwargs:
+        model.to(dev)
+    model.eval()
+    ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save weights (safetensors), config and tokenizer so that `load_model(out_dir)` restores them.
+
+    Everything is written into a temporary sibling directory first, then renamed into place, so
+    `out_dir` is never seen half-written. An existing `out_dir` is replaced.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

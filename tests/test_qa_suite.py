@@ -1,0 +1,79 @@
+"""The qa suite on a tiny model built in code: shapes, directions, CIs, forget quality wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from obliviate.data.schema import QAItem
+from obliviate.evals.qa import run_qa_suite
+from obliviate.metrics import truth_ratio_geometric
+
+FORGET = [
+    QAItem("Where was the author born?", "She was born in Oslo, Norway.", "She was born in Oslo.",
+           ["She was born in Rome.", "She was born in Berlin.", "She was born in Madrid."], subject="a"),
+    QAItem("What genre does the author write?", "He writes science fiction.", "He writes fiction.",
+           ["He writes poetry.", "He writes music.", "He writes film."], subject="b"),
+    QAItem("When did the river flood the old town?", "It flooded in 1921.", None,
+           ["It flooded in 1998.", "It flooded in spring.", "It flooded in London."], subject="c"),
+]
+RETAIN = [
+    QAItem("What is the capital of France?", "The capital of France is Paris.", "It is Paris.",
+           ["The capital of France is Rome.", "The capital of France is Oslo.", "The capital of France is Berlin."]),
+    QAItem("Who wrote the book about the blue whale?", "Mara Lind wrote it in 1998.", "Mara Lind.",
+           ["Alice wrote it.", "Bob wrote it.", "The author wrote it."]),
+]
+UTILITY = {"facts": [QAItem("What is the capital of France?", "Paris", None, ["Rome", "Oslo", "Berlin"])]}
+
+
+@pytest.fixture(scope="module")
+def result():
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    return run_qa_suite(make_tiny_llama(), build_tiny_tokenizer(), FORGET, RETAIN, UTILITY, holdout=RETAIN,
+                        oracle_forget_tr=np.array([0.5, 1.0, 2.0]), max_new_tokens=6)
+
+
+def test_aggregates_have_values_cis_and_directions(result):
+    agg = result.aggregates
+    for key in ["forget/probability", "forget/rouge", "forget/truth_ratio", "retain/probability",
+                "retain/rouge", "retain/truth_ratio", "facts/probability", "model_utility", "forget_quality",
+                "forget/extraction_strength", "mia/loss_auc", "mia/min_k_pp_auc"]:
+        assert key in agg, key
+    for key, a in agg.items():
+        if "ci_low" in a and a["n"] > 1:
+            assert a["ci_low"] <= a["value"] + 1e-9 <= a["ci_high"] + 2e-9, key
+    assert agg["forget/probability"]["higher_is_better"] is False
+    assert agg["retain/probability"]["higher_is_better"] is True
+    assert 0 <= agg["model_utility"]["value"] <= 1
+    assert agg["model_utility"]["n"] == 6  # {retain, facts} × {probability, rouge, truth ratio}
+    assert agg["forget_quality"]["n"] == 3 and agg["forget_quality"]["n_oracle"] == 3
+
+
+def test_truth_ratio_is_geometric_over_paraphrase_or_answer(result):
+    from obliviate.models.scoring import score_qa
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    scored = score_qa(make_tiny_llama(), build_tiny_tokenizer(), FORGET)
+    for i, s in enumerate(scored):
+        para = s["paraphrased_answer"] or s["answer"]  # item 3 has no paraphrase: the answer stands in
+        expected = truth_ratio_geometric(np.array([para.mean_nll]),
+                                         np.array([[p.mean_nll for p in s["perturbed_answers"]]]))[0]
+        assert result.forget_truth_ratios()[i] == pytest.approx(expected, rel=1e-5)
+
+
+def test_forget_quality_is_one_against_itself():
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    model, tok = make_tiny_llama(), build_tiny_tokenizer()
+    first = run_qa_suite(model, tok, FORGET, RETAIN, generate=False)
+    again = run_qa_suite(model, tok, FORGET, RETAIN, oracle_forget_tr=first.forget_truth_ratios(), generate=False)
+    assert again.aggregates["forget_quality"]["value"] == pytest.approx(1.0)
+    assert again.aggregates["forget_quality"]["ks_statistic"] == pytest.approx(0.0)
+
+
+def test_item_rows_cover_every_set(result):
+    rows = result.items()
+    assert {r["set"] for r in rows} == {"forget", "retain", "facts", "holdout"}
+    assert sum(r["set"] == "forget" for r in rows) == len(FORGET)
+    assert all("generation" in r for r in rows if r["set"] == "forget")
