@@ -116,12 +116,13 @@ def _load_sets(forget: str | None, retain: str | None, ref, mapping: list[str], 
 def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = None, retain: str | None = None,
                 split: str = "forget10", overrides: list[str] | None = None, config_file: Path | None = None,
                 mapping: list[str] | None = None, strict: bool = False, resume: bool = False,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, lora: str | None = None, merge: bool = False) -> dict[str, Any]:
     """Unlearn `model_spec` with `method` into run directory `out`."""
     from obliviate.config import build_config, parse_overrides, read_config_file
     from obliviate.data import data_hash
     from obliviate.methods import get_method
     from obliviate.models.loading import save_model
+    from obliviate.models.lora import apply_lora, parse_lora
     from obliviate.runs import write_artifact, write_config
     from obliviate.workflow import load_model_spec, parse_world_spec
 
@@ -131,15 +132,27 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     config = build_config(cls.Config, values, source=str(config_file) if config_file and not overrides else "--set")
     ref = parse_world_spec(model_spec, split)
     forget_items, retain_items = _load_sets(forget, retain, ref, mapping or [], strict)
+    lora_spec = parse_lora(lora) if lora else None
     model, tok, ref = load_model_spec(model_spec, split, progress=progress)
+    base_path = getattr(model, "name_or_path", None) or model.config._name_or_path
+    if lora_spec is not None:
+        model = apply_lora(model, lora_spec)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     summary = cls(config).unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
     seconds = time.perf_counter() - t0
-    save_model(model, tok, out / "model")
-    write_artifact(out, "weights", path="model", method=method)
+    if lora_spec is not None and not merge:
+        model.save_pretrained(out / "adapter")
+        tok.save_pretrained(out / "adapter")
+        write_artifact(out, "adapter", path="adapter", base_model=str(base_path), method=method)
+    else:
+        if lora_spec is not None:
+            model = model.merge_and_unload()
+        save_model(model, tok, out / "model")
+        write_artifact(out, "weights", path="model", method=method)
     write_config(out, {"method": method, "method_config": config.model_dump(), "model": model_spec,
                        "world": ref.as_dict() if ref else None, "forget": forget, "retain": retain,
+                       "lora": lora, "merged": merge,
                        "data_hashes": {"forget": data_hash(forget_items), "retain": data_hash(retain_items)},
                        "unlearn": {**summary, "seconds": seconds}})
     return summary
@@ -158,11 +171,13 @@ def unlearn(
     map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
     strict: Annotated[bool, typer.Option(help="make forget/retain overlap an error")] = False,
     resume: Annotated[bool, typer.Option(help="continue a stopped run from its last checkpoint")] = False,
+    lora: Annotated[str | None, typer.Option(help="train a LoRA adapter: r=8,alpha=16,targets=all-linear")] = None,
+    merge: Annotated[bool, typer.Option(help="with --lora: save merged full weights, not the adapter")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Unlearn a forget set from a model; writes a run directory."""
     summary = run_unlearn(method, model, out, forget, retain, split, set_, config, map_, strict, resume,
-                          progress=not as_json)
+                          progress=not as_json, lora=lora, merge=merge)
     if as_json:
         return _print_json({"run": str(out), **summary})
     console.print(f"unlearned with {method} in {summary['train_seconds']:.1f}s, {summary['steps']} steps; "

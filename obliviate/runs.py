@@ -60,4 +60,10 @@ def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto
     kind = artifact.get("kind")
     if kind == "weights":
         return load_model(run_dir / artifact.get("path", "model"), device=device, dtype=dtype)
+    if kind == "adapter":
+        from peft import PeftModel
+
+        base, tokenizer = load_model(artifact["base_model"], device=device, dtype=dtype)
+        model = PeftModel.from_pretrained(base, run_dir / artifact.get("path", "adapter"))
+        return model.eval(), tokenizer
     raise ObliviateError(f"{run_dir}/artifact.json: unknown artifact kind '{kind}'")
