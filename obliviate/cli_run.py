@@ -180,6 +180,10 @@ def unlearn(
                           progress=not as_json, lora=lora, merge=merge)
     if as_json:
         return _print_json({"run": str(out), **summary})
+    cut = summary.get("truncated", {})
+    if any(cut.values()):
+        console.print(f"[yellow]note:[/] truncated to max_length: {cut.get('forget', 0)} forget and "
+                      f"{cut.get('retain', 0)} retain items")
     console.print(f"unlearned with {method} in {summary['train_seconds']:.1f}s, {summary['steps']} steps; "
                   f"run directory: {out}\nnext: obliviate eval {out}")
 

@@ -100,3 +100,23 @@ def test_unknown_method_and_key_get_did_you_mean():
         build_config(METHODS["ga"].Config, parse_overrides(["lr=fast"]))
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides(["lr"])
+
+
+def test_divergence_guard_stops_on_nan_and_retain_rise(tiny_llama, tiny_tokenizer, tmp_path):
+    from obliviate.train.loop import DivergenceError
+
+    cls = get_method("graddiff")
+
+    class NanLoss(cls):
+        def compute_loss(self, model, batch):
+            out = super().compute_loss(model, batch)
+            out.loss = out.loss * float("nan")
+            return out
+
+    with pytest.raises(DivergenceError, match="loss is nan"):
+        NanLoss(build_config(cls.Config, {"batch_size": 2})).unlearn(
+            tiny_llama, tiny_tokenizer, FORGET, RETAIN, tmp_path / "nan", progress=False)
+    # A huge step with the retain term switched off sends the retain loss up quickly.
+    cfg = build_config(cls.Config, {"lr": 0.5, "alpha": 0.0, "batch_size": 2, "epochs": 20, "retain_rise_limit": 1.5})
+    with pytest.raises(DivergenceError, match="retain loss rose"):
+        cls(cfg).unlearn(tiny_llama, tiny_tokenizer, FORGET, RETAIN, tmp_path / "rise", progress=False)

@@ -44,6 +44,8 @@ class FinetuneConfig(MethodConfig):
     max_grad_norm: float = Field(1.0, description="gradient clipping norm (0 disables)", ge=0)
     max_length: int = Field(512, description="truncate sequences to this many tokens", ge=8)
     save_every: int = Field(0, description="checkpoint every N optimiser steps (0: only at the end)", ge=0)
+    retain_rise_limit: float = Field(
+        0.0, ge=0, description="stop if the retain loss exceeds this factor × its first value (0: off)")
 
 
 @dataclass

@@ -75,6 +75,19 @@ def _load_checkpoint(out_dir: Path, accelerator, model, optimizer, scheduler) ->
     return int(read_json(ckpt / "progress.json")["step"])
 
 
+def _guard_retain(logs: dict, cfg, first: float | None, step: int, name: str, out_dir: Path) -> None:
+    """Stop when the retain loss rises past `retain_rise_limit` × its first value (utility collapse)."""
+    now = logs.get("retain_nll")
+    if not cfg.retain_rise_limit or first is None or now is None:
+        return
+    if now > cfg.retain_rise_limit * first:
+        raise DivergenceError(
+            f"{name}: retain loss rose from {first:.3f} to {now:.3f} (> {cfg.retain_rise_limit}×) at step "
+            f"{step + 1}; lower the learning rate or raise the retain weight; the last checkpoint in "
+            f"{out_dir / CHECKPOINT} is kept"
+        )
+
+
 def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=True, resume=False) -> dict:
     """Run `method` on (forget, retain); return a summary. The model is updated in place."""
     cfg = method.config
@@ -108,7 +121,7 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
     log_path = out_dir / "train_log.jsonl"
     if not resume and log_path.exists():
         log_path.unlink()
-    step, micro, t0, last = start_step, 0, time.perf_counter(), {}
+    step, micro, t0, last, first_retain = start_step, 0, time.perf_counter(), {}, None
     bar = Progress(
         TextColumn(f"[bold]{method.name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
         TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress,
@@ -130,6 +143,8 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
                         f"{method.name}: loss is {out.loss.item()} at step {step + 1}; lower the learning "
                         f"rate (lr={cfg.lr}); the last checkpoint in {out_dir / CHECKPOINT} is kept"
                     )
+                _guard_retain(out.logs, cfg, first_retain, step, method.name, out_dir)
+                first_retain = first_retain or out.logs.get("retain_nll")
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
