@@ -141,6 +141,10 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     t0 = time.perf_counter()
     summary = cls(config).unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
     seconds = time.perf_counter() - t0
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return summary  # under `accelerate launch`, the main process writes the run
     if lora_spec is not None and not merge:
         model.save_pretrained(out / "adapter")
         tok.save_pretrained(out / "adapter")

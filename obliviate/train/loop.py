@@ -104,27 +104,32 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Under DDP each round of `n_proc` consecutive micro-batches gives every process one; an
+    # incomplete last round is dropped so all processes take the same number of steps.
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = math.ceil(len(forget_enc) / cfg.batch_size)
-    micro_total = per_epoch * cfg.epochs
-    total_steps = math.ceil(micro_total / cfg.grad_accum)
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps > 0 else total_steps
-        epochs_needed = math.ceil(cfg.max_steps * cfg.grad_accum / max(per_epoch, 1))
-    else:
-        epochs_needed = cfg.epochs
+    rounds = max(per_epoch * cfg.epochs // n_proc, 1)
+    total_steps = math.ceil(rounds / cfg.grad_accum)
+    epochs_needed = cfg.epochs
+    if cfg.max_steps is not None and cfg.max_steps > 0:
+        total_steps = cfg.max_steps
+        epochs_needed = math.ceil(cfg.max_steps * cfg.grad_accum * n_proc / max(per_epoch, 1))
     scheduler = get_scheduler(
         "linear", optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler is stepped by hand once per optimiser step, so it is not handed to accelerate.
+    model, optimizer = accelerator.prepare(model, optimizer)
 
     start_step = _load_checkpoint(out_dir, accelerator, model, optimizer, scheduler) if resume else 0
     log_path = out_dir / "train_log.jsonl"
-    if not resume and log_path.exists():
+    main = accelerator.is_main_process
+    if main and not resume and log_path.exists():
         log_path.unlink()
     step, micro, t0, last, first_retain = start_step, 0, time.perf_counter(), {}, None
     bar = Progress(
         TextColumn(f"[bold]{method.name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress,
+        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        disable=not (progress and main),
     )
     with bar:
         task = bar.add_task("train", total=total_steps, completed=start_step, loss="")
@@ -132,10 +137,10 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
             if step >= total_steps:
                 break
             micro += 1
-            if micro <= start_step * cfg.grad_accum:
+            if micro <= start_step * cfg.grad_accum * n_proc:
                 continue  # replaying the data order up to the checkpoint
-            if (micro - 1) % accelerator.num_processes != accelerator.process_index:
-                continue  # each process takes its share of the micro-batches
+            if (micro - 1) % n_proc != rank:
+                continue  # each process takes its share of every round
             with accelerator.accumulate(model):
                 out = method.compute_loss(model, batch)
                 if not torch.isfinite(out.loss):
@@ -149,23 +154,29 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
+                scheduler.step()
                 step += 1
                 last = {"step": step, "loss": float(out.loss.detach()), **out.logs}
-                with open(log_path, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(last) + "\n")
+                if main:
+                    with open(log_path, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(last) + "\n")
                 bar.update(task, completed=step, loss=f"loss {last['loss']:.3f}")
                 if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                    _save_checkpoint(out_dir, accelerator, model, optimizer, scheduler, step)
+                    if main:
+                        _save_checkpoint(out_dir, accelerator, model, optimizer, scheduler, step)
+                    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
     model.eval()
-    shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+    if main:
+        shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
     return {
         "steps": step,
         "resumed_from": start_step,
         "final": last,
         "truncated": {"forget": cut_f, "retain": cut_r},
         "train_seconds": time.perf_counter() - t0,
+        "num_processes": n_proc,
     }
