@@ -8,10 +8,26 @@ from __future__ import annotations
 from obliviate.config import did_you_mean
 from obliviate.errors import ConfigError
 from obliviate.methods.base import FinetuneMethod, Method, MethodConfig
+from obliviate.methods.flat import FLAT
 from obliviate.methods.ga import GradientAscent
 from obliviate.methods.graddiff import GradDiff
+from obliviate.methods.idk_dpo import IdkDPO
+from obliviate.methods.idk_sft import IdkSFT
+from obliviate.methods.kl import KL
+from obliviate.methods.npo import NPO
+from obliviate.methods.simnpo import SimNPO
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (GradientAscent, GradDiff)}
+_TABLE: tuple[type[Method], ...] = (
+    GradientAscent,
+    GradDiff,
+    KL,
+    NPO,
+    SimNPO,
+    IdkSFT,
+    IdkDPO,
+    FLAT,
+)
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 
 
 def get_method(name: str) -> type[Method]:

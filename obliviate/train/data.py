@@ -66,6 +66,11 @@ class UnlearnBatch:
     retain: dict[str, torch.Tensor] | None = None
     forget_index: torch.Tensor | None = None  # positions in the forget set, for cached references
 
+    def to(self, device: torch.device) -> UnlearnBatch:
+        """The same batch on `device` (the index stays on the CPU: it indexes CPU-side caches)."""
+        move = lambda d: None if d is None else {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return UnlearnBatch(move(self.forget), move(self.retain), self.forget_index)
+
 
 def forget_retain_batches(
     forget: Sequence[Encoded],

@@ -141,6 +141,7 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
                 continue  # replaying the data order up to the checkpoint
             if (micro - 1) % n_proc != rank:
                 continue  # each process takes its share of every round
+            batch = batch.to(accelerator.device)
             with accelerator.accumulate(model):
                 out = method.compute_loss(model, batch)
                 if not torch.isfinite(out.loss):

@@ -1,0 +1,70 @@
+"""Refusal fine-tuning ("I don't know", the TOFU "idk" baseline).
+
+Maini et al. 2024, *TOFU: A Task of Fictitious Unlearning for LLMs*: replace each forget answer by a
+refusal and fine-tune on it, with plain fine-tuning on the retain set:
+
+    L(θ) = CE(x_f, refusal) + α · CE(D_r)
+
+Both terms are token-level cross-entropies over answer tokens. TOFU's code takes one cross-entropy
+over the forget and retain batches concatenated (so the longer answers weigh more); two separate
+means keep α meaningful. The refusal for forget item i is `refusal_for(i, seed)`.
+
+Paper defaults for 7B models (TOFU, Llama-2-7B): lr 1e-5, 5 epochs, effective batch 32, α = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from obliviate.data.refusals import refusals_for
+from obliviate.data.schema import QAItem
+from obliviate.errors import ConfigError
+from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.train.data import UnlearnBatch, collate, encode_items
+from obliviate.train.losses import ce_loss
+
+
+class RefusalBatches:
+    """The forget questions paired with refusals, encoded once and batched like the forget batch.
+
+    The loop hands a method the forget batch with its positions in the forget set
+    (`batch.forget_index`); the refusal batch holds the same questions, in the same order.
+    """
+
+    def __init__(self, tokenizer, forget: Sequence[QAItem], seed: int, max_length: int | None) -> None:
+        self.answers = refusals_for(len(forget), seed)
+        self.encoded, _ = encode_items(tokenizer, forget, max_length=max_length, answers=self.answers)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __call__(self, batch: UnlearnBatch) -> dict[str, torch.Tensor]:
+        if batch.forget_index is None:
+            raise ConfigError("refusal methods need the forget-set positions of each batch "
+                              "(batch.forget_index)")
+        out = collate([self.encoded[int(i)] for i in batch.forget_index], self.pad_id)
+        device = batch.forget["input_ids"].device
+        return {k: v.to(device) for k, v in out.items()}
+
+
+class IdkSFTConfig(FinetuneConfig):
+    alpha: float = Field(1.0, description="weight α of the retain cross-entropy", ge=0)
+
+
+class IdkSFT(FinetuneMethod):
+    name = "idk_sft"
+    paper = "Maini et al. 2024, TOFU: A Task of Fictitious Unlearning for LLMs (IdkSFT baseline)"
+    summary = "fine-tune on refusals to the forget questions, and on the retain set"
+    Config = IdkSFTConfig
+    uses_retain = True
+
+    def setup(self, model, tokenizer, forget, retain) -> None:
+        self.refusals = RefusalBatches(tokenizer, forget, self.config.seed, self.config.max_length)
+
+    def compute_loss(self, model, batch) -> LossOutput:
+        refusal_nll = ce_loss(model, self.refusals(batch))
+        retain_nll = ce_loss(model, batch.retain)
+        loss = refusal_nll + self.config.alpha * retain_nll
+        logs = {"refusal_nll": float(refusal_nll.detach()), "retain_nll": float(retain_nll.detach())}
+        return LossOutput(loss, logs)

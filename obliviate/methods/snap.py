@@ -1,0 +1,143 @@
+"""SNAP: negative instructions, hard positives and a Wasserstein weight regulariser.
+
+Choi et al. 2024, *SNAP: Unlearning Selective Knowledge in Large Language Models with Negative
+Instructions* (code shared with Opt-Out, `brightjade/Opt-Out`: trainer.py, model.py).
+
+1. Negative instructions: the forget questions are paired with obliterated responses, fluent
+   refusals (`obliviate.data.refusals`), and the model is fine-tuned to give them.
+2. Hard positives: questions about neighbouring entities keep their true answers. These are the
+   retain set as passed in (the built-in world's retain people include each forget person's
+   neighbours).
+3. Sliced-Wasserstein regularisation of every trained weight matrix towards its initial value
+   (`obliviate.train.swd`: K = 100 fresh unit Gaussian directions per call, p = 2, no root,
+   1-D parameters as 1 × d):
+
+       L = CE(refusal | x_f) + CE(D_r) + λ · Σ_W SWD(W₀, W),   λ = 0.1
+
+Paper defaults (7B): lr 1e-5, 3 epochs. Cross-entropies are token-level means over answer tokens.
+
+Alternate updates (`alternate_updates=true`): the reference takes one optimiser step on the
+forget loss inside its loss function, then a second step on retain + regulariser. The shared loop
+owns the optimiser, so here the phase alternates with the optimiser step instead: even steps
+(counting this method's calls, `grad_accum` micro-batches per step) use CE(refusal) only, odd steps
+CE(D_r) + λ·SWD only. Each forget batch therefore trains the refusal on half the steps, and a
+resumed run whose checkpoint step is odd starts in the other phase.
+
+The success measures of the paper's evaluation are here too: `refusal_rate(generations)` and
+`ngram_entropy(texts, n)` (fluency: repetitive or collapsed generations have low n-gram entropy).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from obliviate.data.refusals import REFUSALS
+from obliviate.errors import ConfigError
+from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.idk_sft import RefusalBatches
+from obliviate.train.losses import ce_loss
+from obliviate.train.swd import swd_penalty
+
+
+class SNAPConfig(FinetuneConfig):
+    reg_lambda: float = Field(0.1, description="λ, weight of the sliced-Wasserstein regulariser", ge=0)
+    n_projections: int = Field(100, description="K, random directions per weight matrix and call", ge=1)
+    alternate_updates: bool = Field(False, description="alternate optimiser steps: refusal CE, then "
+                                    "retain CE + regulariser")
+
+
+class SNAP(FinetuneMethod):
+    name = "snap"
+    paper = "Choi et al. 2024, SNAP: Unlearning Selective Knowledge in Large Language Models with Negative Instructions"
+    summary = "refuse forget questions, keep neighbours' answers, stay Wasserstein-close to the initial weights"
+    Config = SNAPConfig
+    uses_retain = True
+
+    def setup(self, model, tokenizer, forget, retain) -> None:
+        if self.config.alternate_updates and not retain and self.config.reg_lambda == 0:
+            raise ConfigError("snap: alternate_updates needs a retain set or reg_lambda > 0 for its second step")
+        self.refusals = RefusalBatches(tokenizer, forget, self.config.seed, self.config.max_length)
+        # (parameter, its initial value): the same tensor objects the optimiser will update.
+        self.initial = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+        self.calls = 0
+
+    def _phase(self) -> str:
+        """'both', or for alternate updates 'forget' / 'retain' by the parity of the optimiser step."""
+        if not self.config.alternate_updates:
+            return "both"
+        step = self.calls // self.config.grad_accum
+        return "forget" if step % 2 == 0 else "retain"
+
+    def compute_loss(self, model, batch) -> LossOutput:
+        cfg = self.config
+        phase = self._phase()
+        self.calls += 1
+        logs: dict[str, float] = {}
+        loss = torch.zeros((), device=batch.forget["input_ids"].device)
+        if phase in ("both", "forget"):
+            refusal_ce = ce_loss(model, self.refusals(batch))
+            loss = loss + refusal_ce
+            logs["refusal_nll"] = float(refusal_ce.detach())
+        if phase in ("both", "retain"):
+            if batch.retain is not None:
+                retain_ce = ce_loss(model, batch.retain)
+                loss = loss + retain_ce
+                logs["retain_nll"] = float(retain_ce.detach())
+            if cfg.reg_lambda > 0:
+                swd = swd_penalty(self.initial, cfg.n_projections)
+                loss = loss + cfg.reg_lambda * swd
+                logs["swd"] = float(swd.detach())
+        return LossOutput(loss, logs)
+
+
+# -- success measures ------------------------------------------------------------------------------
+
+def _normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def is_refusal(generation: str, refusals: Sequence[str] = REFUSALS, min_words: int = 3) -> bool:
+    """Whether a generation gives one of `refusals` (case, punctuation and spacing ignored).
+
+    It counts if it contains a whole refusal, or if it is a prefix of one of at least `min_words`
+    words (a refusal cut off by the generation length).
+    """
+    gen = _normalise(generation)
+    if not gen:
+        return False
+    for refusal in refusals:
+        ref = _normalise(refusal)
+        if ref in gen or (ref.startswith(gen) and len(gen.split()) >= min(min_words, len(ref.split()))):
+            return True
+    return False
+
+
+def refusal_rate(generations: Sequence[str], refusals: Sequence[str] = REFUSALS) -> float:
+    """Fraction of generations that are refusals (see `is_refusal`); higher is better on forget questions."""
+    if not generations:
+        return float("nan")
+    return sum(is_refusal(g, refusals) for g in generations) / len(generations)
+
+
+def ngram_entropy(texts: Sequence[str], n: int = 2) -> float:
+    """Mean over texts of the Shannon entropy (bits) of each text's word n-gram frequencies.
+
+    Words are lower-cased whitespace tokens; a text with fewer than n words scores 0. Degenerate,
+    repetitive generations ("the the the ...") score low; as in ROME's generation-entropy fluency
+    measure, report n = 2 and n = 3.
+    """
+    if not texts:
+        return float("nan")
+    scores = []
+    for text in texts:
+        words = text.lower().split()
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        total = sum(grams.values())
+        scores.append(-sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0)
+    return sum(scores) / len(scores)

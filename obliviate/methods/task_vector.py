@@ -1,0 +1,72 @@
+"""Task-vector negation.
+
+Ilharco et al. 2023, *Editing Models with Task Arithmetic*.
+
+Fine-tune a copy of the model on the forget set (plain SFT: cross-entropy on the answer tokens) to
+get θ_ft, take the task vector τ = θ_ft − θ and subtract it:
+
+    θ_new = θ − s · τ,   s = 1
+
+The fine-tuning stage runs in the shared loop with the `FinetuneConfig` fields of this method's
+config (lr, epochs, batch size, ...), so it logs to `out_dir/train_log.jsonl`, checkpoints and
+resumes like any fine-tuning method; its loss falls, since it *learns* the forget set. The paper
+sets s on held-out data (0.5-1 typical); s = 1 is the plain negation.
+
+Memory: one extra copy of the parameters (θ, kept to form τ); the model itself is fine-tuned in
+place and then overwritten with θ − s·τ.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.train.losses import ce_loss
+
+
+def forget_ce(model, batch) -> LossOutput:
+    """Token-level cross-entropy on the forget answers: the loss that learns the forget set."""
+    loss = ce_loss(model, batch.forget)
+    return LossOutput(loss, {"forget_ce": float(loss.detach())})
+
+
+class ForgetFinetune(FinetuneMethod):
+    """Plain SFT on the forget set: the helper stage of WHP (its reinforced model)."""
+
+    name = "forget-sft"
+    paper = "-"
+    summary = "cross-entropy on the forget answers (learns them)"
+
+    def compute_loss(self, model, batch) -> LossOutput:
+        return forget_ce(model, batch)
+
+
+class TaskVectorConfig(FinetuneConfig):
+    scale: float = Field(1.0, description="s in θ − s·τ, where τ = θ_ft − θ is the forget-set task vector")
+
+
+class TaskVector(FinetuneMethod):
+    name = "task_vector"
+    family = "weight surgery"
+    paper = "Ilharco et al. 2023, Editing Models with Task Arithmetic"
+    summary = "fine-tune on the forget set, then subtract the task vector τ = θ_ft − θ"
+    Config = TaskVectorConfig
+
+    def compute_loss(self, model, batch) -> LossOutput:  # the fine-tuning stage's loss
+        return forget_ce(model, batch)
+
+    def unlearn(self, model, tokenizer, forget, retain, out_dir, progress=True, resume=False) -> dict:
+        theta = {name: p.detach().clone() for name, p in model.named_parameters()}
+        summary = super().unlearn(model, tokenizer, forget, retain, Path(out_dir), progress=progress, resume=resume)
+        s = self.config.scale
+        sq_norm = 0.0
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                tau = p - theta[name]
+                sq_norm += float(tau.float().pow(2).sum())
+                p.copy_(theta[name] - s * tau)
+        return {**summary, "task_vector_norm": math.sqrt(sq_norm), "scale": s}
