@@ -182,6 +182,10 @@ def unlearn(
     """Unlearn a forget set from a model; writes a run directory."""
     summary = run_unlearn(method, model, out, forget, retain, split, set_, config, map_, strict, resume,
                           progress=not as_json, lora=lora, merge=merge)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
     if as_json:
         return _print_json({"run": str(out), **summary})
     cut = summary.get("truncated", {})
