@@ -15,7 +15,12 @@ from obliviate.methods.idk_dpo import IdkDPO
 from obliviate.methods.idk_sft import IdkSFT
 from obliviate.methods.kl import KL
 from obliviate.methods.npo import NPO
+from obliviate.methods.rmu import RMU
 from obliviate.methods.simnpo import SimNPO
+from obliviate.methods.snap import SNAP
+from obliviate.methods.ssd import SSD
+from obliviate.methods.task_vector import TaskVector
+from obliviate.methods.whp import WHP
 
 _TABLE: tuple[type[Method], ...] = (
     GradientAscent,
@@ -25,7 +30,12 @@ _TABLE: tuple[type[Method], ...] = (
     SimNPO,
     IdkSFT,
     IdkDPO,
+    RMU,
+    SNAP,
+    WHP,
     FLAT,
+    SSD,
+    TaskVector,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 

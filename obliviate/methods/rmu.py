@@ -21,10 +21,12 @@ Choices for QA data and tiny models:
   *of* answer tokens, one later, which misses the position that predicts the first answer token:
   the one that matters most when answers are 1-3 words long. `positions=all` scores every
   non-padding token, as WMDP does on plain text.
-- c: the built-in world's models (2 layers, hidden 64) have residual norms of about 1 at layer ℓ=1,
-  so the paper's c = 6.5 already puts the target several norms away from every real activation,
-  the regime RMU relies on; it is kept as the default. Models whose activations are much larger at
-  layer ℓ need a larger c (open-unlearning uses 20 for Llama-2-7B).
+- c and the step budget: the built-in world's models (2 layers, hidden 64) have residual norms of
+  about 1 at ℓ = 1. With the paper's c = 6.5 and α = 1200 the forget term hardly moves there (tiny
+  world, forget10, 60 steps: forget NLL 0.13 -> 0.17). The world defaults keep α = 1200 and raise
+  c to 30, with lr 5e-3 and 20 epochs (60 steps on forget10; the paper takes 150 batches): forget
+  NLL 0.13 -> 3.9 for a retain NLL 0.125 -> 0.20. Set c = 6.5, lr = 5e-5 for Zephyr-scale models
+  (open-unlearning uses c = 20 for Llama-2-7B); c must be large next to ‖h_ℓ‖ at the chosen layer.
 - frozen activations: h_ℓ^frozen is computed with `torch.func.functional_call` on the same model
   with the original values of the trained tensors swapped in, in eval mode and stopped at layer ℓ,
   so no second model is kept in memory (layers below ℓ−2 are frozen and identical anyway).
@@ -117,7 +119,10 @@ class RMUConfig(FinetuneConfig):
     update_layers: list[int] | None = Field(None, description="layers whose `params` train; default ℓ−2..ℓ")
     params: str = Field("mlp", description="sub-module of each updated layer that trains: 'mlp' (all MLP "
                         "weights) or e.g. 'mlp.down_proj' (the paper's choice on Llama/Mistral; 'mlp.c_proj' on GPT-2)")
-    steering_coeff: float = Field(6.5, description="c, the norm of the random target c·u", gt=0)
+    lr: float = Field(5e-3, description="peak learning rate (AdamW); the paper uses 5e-5 on 7B models", gt=0)
+    epochs: int = Field(20, description="passes over the forget set", ge=1)
+    steering_coeff: float = Field(30.0, description="c, the norm of the random target c·u (paper: 6.5 on "
+                                  "Zephyr-7B; the world's tiny models need more, see the module docstring)", gt=0)
     alpha: float = Field(1200.0, description="α, weight of the retain activation-matching term", ge=0)
     positions: Literal["answer", "all"] = Field(
         "answer", description="tokens scored: 'answer' (positions predicting an answer token) or 'all' non-padding")
@@ -152,7 +157,11 @@ class RMU(FinetuneMethod):
                 module = layers[i].get_submodule(cfg.params)
             except AttributeError as err:
                 raise ConfigError(f"rmu: layer {i} has no sub-module '{cfg.params}' (set params=...)") from err
-            for p in module.parameters():
+            chosen = list(module.named_parameters())
+            # Under LoRA only the adapters of the chosen modules train; the base weights stay frozen.
+            if any("lora_" in n for n, _ in chosen):
+                chosen = [(n, p) for n, p in chosen if "lora_" in n]
+            for _, p in chosen:
                 p.requires_grad_(True)
                 self.frozen[names[id(p)]] = p.detach().clone()
 

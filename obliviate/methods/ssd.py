@@ -10,7 +10,8 @@ set D_f. Parameters far more important to D_f than to D are dampened, the rest a
     I_D = E_D[(∂ℓ/∂θ)²],   I_Df = E_Df[(∂ℓ/∂θ)²]
     θ_i ← min(λ · I_D,i / I_Df,i, 1) · θ_i    where I_Df,i > α · I_D,i
 
-Defaults α = 10, λ = 1 (the paper's ResNet/CIFAR values; it uses α = 5-25 for ViT).
+Paper defaults α = 10, λ = 1 (ResNet/CIFAR; it uses α = 5-25 for ViT). obliviate defaults to α = 5:
+selection needs α < |D| / |D_f| (below), and a 10% forget split sits right at α = 10.
 
 As in the reference code, the importance of a data set is the mean over its mini-batches of the
 squared batch gradient, with the model in eval mode. D is forget ∪ retain, in batches that are
@@ -20,7 +21,8 @@ no parameter can be selected when w_f ≥ 1/α (I_Df > α·I_D ≥ α·w_f·I_Df
 `importance_data=retain`, I_D is the retain importance alone.
 
 Only parameters with `requires_grad` are considered, so freezing part of the model restricts the
-surgery. The summary (parameters dampened, per tensor) is written to `out_dir/surgery.json`.
+surgery. LoRA is refused: the surgery acts on the weights, not on an adapter. The summary
+(parameters dampened, per tensor) is written to `out_dir/surgery.json`.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from pydantic import Field
 from obliviate.errors import ConfigError
 from obliviate.io import write_json
 from obliviate.methods.base import Method, MethodConfig
+from obliviate.models.lora import is_peft_model
 from obliviate.train.data import collate, encode_items
 from obliviate.train.losses import answer_nll
 
 
 class SSDConfig(MethodConfig):
-    alpha: float = Field(10.0, description="α, selection: dampen where I_Df > α · I_D", gt=0)
+    alpha: float = Field(5.0, description="α, selection: dampen where I_Df > α · I_D (paper: 10)", gt=0)
     dampening: float = Field(1.0, description="λ, dampening: θ ← min(λ · I_D / I_Df, 1) · θ", gt=0)
     batch_size: int = Field(8, description="examples per mini-batch when estimating importances", ge=1)
     max_length: int = Field(512, description="truncate sequences to this many tokens", ge=8)
@@ -98,6 +101,8 @@ class SSD(Method):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         forget_enc, cut_f = encode_items(tokenizer, forget, max_length=cfg.max_length)
         retain_enc, cut_r = encode_items(tokenizer, retain, max_length=cfg.max_length)
+        if is_peft_model(model):
+            raise ConfigError("ssd edits the weights themselves; run it without --lora")
         if cfg.importance_data == "retain" and not retain_enc:
             raise ConfigError("ssd: importance_data=retain needs a retain set (--retain)")
         was_training = model.training

@@ -14,6 +14,10 @@ sets s on held-out data (0.5-1 typical); s = 1 is the plain negation.
 
 Memory: one extra copy of the parameters (θ, kept to form τ); the model itself is fine-tuned in
 place and then overwritten with θ − s·τ.
+
+With LoRA the task vector is the weight change B_ft·A_ft of a fresh adapter (B₀ = 0), and negating
+the adapter parameters one by one would not negate that product. So A keeps its fine-tuned value
+and B ← −s·B_ft, which gives exactly ΔW = −s·τ_W.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
+from obliviate.errors import ConfigError
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
 from obliviate.train.losses import ce_loss
 
@@ -61,6 +66,8 @@ class TaskVector(FinetuneMethod):
 
     def unlearn(self, model, tokenizer, forget, retain, out_dir, progress=True, resume=False) -> dict:
         theta = {name: p.detach().clone() for name, p in model.named_parameters()}
+        if any("lora_B" in name and bool(t.any()) for name, t in theta.items()):
+            raise ConfigError("task_vector: LoRA negation needs a fresh adapter (lora_B = 0)")
         summary = super().unlearn(model, tokenizer, forget, retain, Path(out_dir), progress=progress, resume=resume)
         s = self.config.scale
         sq_norm = 0.0
@@ -68,5 +75,7 @@ class TaskVector(FinetuneMethod):
             for name, p in model.named_parameters():
                 tau = p - theta[name]
                 sq_norm += float(tau.float().pow(2).sum())
+                if "lora_A" in name:
+                    continue  # keep A_ft: with B₀ = 0, ΔW = B·A, so B ← −s·B_ft negates ΔW exactly
                 p.copy_(theta[name] - s * tau)
         return {**summary, "task_vector_norm": math.sqrt(sq_norm), "scale": s}

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from obliviate.errors import ObliviateError
 from obliviate.io import stable_hash
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
 from obliviate.methods.task_vector import ForgetFinetune
@@ -116,6 +117,7 @@ class WHP(FinetuneMethod):
     paper = "Eldan & Russinovich 2023, Who's Harry Potter? Approximate Unlearning in LLMs"
     summary = "fine-tune on generic predictions from a reinforced model and anchor-swapped prompts"
     Config = WHPConfig
+    _reinforced = None  # the reinforced copy, set by `unlearn` for `setup`
 
     def unlearn(self, model, tokenizer, forget, retain, out_dir, progress=True, resume=False) -> dict:
         cfg = self.config
@@ -138,13 +140,15 @@ class WHP(FinetuneMethod):
         """Compute the generic targets of every forget item, then drop the reinforced model."""
         cfg = self.config
         reinforced = self._reinforced
+        if reinforced is None:
+            raise ObliviateError("whp: setup needs the reinforced model that `unlearn` trains first")
         self.mapping = dict(cfg.anchors) or {a: generic_name(a) for a in find_anchors([i.question for i in forget])}
         swapped = [dataclasses.replace(item, question=swap_anchors(item.question, self.mapping)) for item in forget]
         original_enc, _ = encode_items(tokenizer, forget)
         swapped_enc, _ = encode_items(tokenizer, swapped)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.generic: list[torch.Tensor] = []  # per item: (n,) token ids, or (n, V) float16 probabilities
-        modes = model.training, reinforced.training
+        was_training = model.training
         model.eval()
         reinforced.eval()
         for start in range(0, len(forget), cfg.batch_size):
@@ -154,7 +158,7 @@ class WHP(FinetuneMethod):
             for base, reinf in zip(v_base, v_reinf, strict=True):
                 v = generic_logits(base, reinf, cfg.alpha)  # (n, V)
                 self.generic.append(v.argmax(-1) if cfg.targets == "hard" else v.softmax(-1).half())
-        model.train(modes[0])
+        model.train(was_training)
         self._reinforced = None
 
     def compute_loss(self, model, batch) -> LossOutput:

@@ -22,9 +22,16 @@ from collections.abc import Iterable
 import torch
 
 
-def random_directions(dim: int, n_projections: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """K unit directions in R^dim as the columns of a (dim, K) float32 matrix."""
-    theta = torch.randn(dim, n_projections, generator=generator)
+def random_directions(
+    dim: int, n_projections: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """K unit directions in R^dim as the columns of a (dim, K) float32 matrix.
+
+    Drawn on `device` (the generator's device when one is given), so no host-to-device copy per call.
+    """
+    if generator is not None:
+        device = generator.device
+    theta = torch.randn(dim, n_projections, generator=generator, device=device)
     return theta / theta.norm(dim=0, keepdim=True)
 
 
@@ -41,7 +48,7 @@ def sliced_wasserstein(
     if w0.shape != w.shape or w.dim() != 2:
         raise ValueError(f"sliced_wasserstein needs equal 1-D or 2-D shapes, got {tuple(w0.shape)}, {tuple(w.shape)}")
     if directions is None:
-        directions = random_directions(w.shape[1], n_projections, generator)
+        directions = random_directions(w.shape[1], n_projections, generator, w.device)
     directions = directions.to(device=w.device, dtype=torch.float32)
     proj0 = torch.sort(w0.detach().float() @ directions, dim=0).values  # (n, K)
     proj = torch.sort(w.float() @ directions, dim=0).values  # (n, K)
