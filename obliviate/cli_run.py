@@ -55,6 +55,17 @@ def side_by_side(columns: dict[str, dict[str, Any]], title: str) -> Table:
     return table
 
 
+def peak_memory_mb() -> float:
+    """Peak memory of this process: torch's peak allocation on a GPU, else the peak resident set size."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 # -- world -------------------------------------------------------------------------------------------
 
 @world_app.command("build")
@@ -141,6 +152,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     t0 = time.perf_counter()
     summary = cls(config).unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
     seconds = time.perf_counter() - t0
+    summary = {**summary, "seconds": seconds, "peak_memory_mb": peak_memory_mb()}
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -158,7 +170,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
                        "world": ref.as_dict() if ref else None, "forget": forget, "retain": retain,
                        "lora": lora, "merged": merge,
                        "data_hashes": {"forget": data_hash(forget_items), "retain": data_hash(retain_items)},
-                       "unlearn": {**summary, "seconds": seconds}})
+                       "unlearn": summary})
     return summary
 
 
@@ -229,6 +241,7 @@ def eval_cmd(
     oracle: Annotated[str | None, typer.Option(help="oracle: a model, or an eval/run dir with items.jsonl; "
                                                "default for world runs: the world's oracle")] = None,
     split: Split = "forget10",
+    world: Annotated[str | None, typer.Option(help="PRESET[@SEED]: use this world's sets and oracle")] = None,
     out: Annotated[Path | None, typer.Option(help="where to write results (default: the run dir)")] = None,
     suite: Annotated[str, typer.Option(help="evaluation suite")] = "qa",
     map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
@@ -242,12 +255,15 @@ def eval_cmd(
         evaluate,
         load_model_spec,
         oracle_truth_ratios,
+        parse_world_spec,
         world_models,
     )
 
     if suite != "qa":
         raise ObliviateError(f"unknown suite '{suite}' (available: qa)")
     model, tok, ref = load_model_spec(target, split, progress=not as_json)
+    if world is not None:
+        ref = parse_world_spec(f"world:{world}", split)
     sets = _eval_sets(ref, forget, retain, utility, holdout, map_)
     oracle_tr = None
     if oracle is not None:

@@ -1,0 +1,89 @@
+"""Regenerate the table in docs/methods.md: every method on a world split, one row each.
+
+For each registered method (or `--methods a,b`), in a fresh subprocess: `obliviate unlearn` on the
+world's target with the method's default config, then `obliviate eval` against the world's oracle.
+Wall time is the unlearning call's; peak memory is that subprocess's peak resident set size.
+The target and oracle rows are the world models themselves, evaluated the same way.
+
+    python scripts/methods_table.py --preset small --split forget10 --seed 0 [--out docs/methods.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
+
+
+def run(cmd: list[str]) -> dict:
+    """Run a CLI command with --json and return its parsed output."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+
+def cell(agg: dict, key: str) -> str:
+    a = agg.get(key)
+    if not a:
+        return "—"
+    v = a["value"]
+    text = f"{v:.2e}" if key == "forget_quality" and v < 0.01 else f"{v:.3f}"
+    if "ci_low" in a:
+        text += f" [{a['ci_low']:.2f}, {a['ci_high']:.2f}]"
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--split", default="forget10")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default="all")
+    parser.add_argument("--out", type=Path, default=Path("docs/methods.md"))
+    args = parser.parse_args()
+    from obliviate.methods import METHODS
+    from obliviate.world import build_world_models
+
+    names = list(METHODS) if args.methods == "all" else args.methods.split(",")
+    exe = [sys.executable, "-m", "obliviate"]
+    world = f"world:{args.preset}@{args.seed}"
+    models = build_world_models(args.preset, args.seed, args.split, which=("target", "oracle"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, path in (("target (no unlearning)", models.target), ("oracle (retrain)", models.oracle)):
+            res = run([*exe, "eval", str(path), "--split", args.split, "--world", f"{args.preset}@{args.seed}",
+                       "--out", f"{tmp}/{label[:6]}", "--json"])
+            rows.append((label, res["aggregates"], None, None))
+        for name in names:
+            run_dir = f"{tmp}/{name}"
+            summary = run([*exe, "unlearn", "--method", name, "--model", world, "--split", args.split,
+                           "--out", run_dir, "--json"])
+            seconds, peak = summary["seconds"], summary["peak_memory_mb"]
+            res = run([*exe, "eval", run_dir, "--json"])
+            rows.append((name, res["aggregates"], seconds, peak))
+            print(f"{name}: done in {seconds:.0f}s", file=sys.stderr)
+    head = ("| method | forget quality ↑ | model utility ↑ | forget ROUGE ↓ | retain ROUGE ↑ | wall time (s) | "
+            "peak memory (MB) |\n|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {name} | {cell(a, 'forget_quality')} | {cell(a, 'model_utility')} | {cell(a, 'forget/rouge')} | "
+        f"{cell(a, 'retain/rouge')} | {'—' if s is None else f'{s:.0f}'} | {'—' if m is None else f'{m:.0f}'} |\n"
+        for name, a, s, m in rows)
+    command = f"python scripts/methods_table.py --preset {args.preset} --split {args.split} --seed {args.seed}"
+    note = (f"\n`{command}`"
+            f" — world `{args.preset}`, split `{args.split}`, seed {args.seed}, each method's default config; "
+            "values with a 95% bootstrap CI over items.\n")
+    table = f"{BEGIN}\n{head}{body}{note}{END}"
+    text = args.out.read_text(encoding="utf-8") if args.out.exists() else f"# Methods\n\n{BEGIN}\n{END}\n"
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    args.out.write_text(text[:start] + table + text[end:], encoding="utf-8")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
