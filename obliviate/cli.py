@@ -25,6 +25,8 @@ app.add_typer(world_app, name="world")
 app.add_typer(compat_app, name="compat")
 
 console = Console()
+if not console.is_terminal:
+    console = Console(width=160)  # piped output: do not wrap tables at 80 columns
 err_console = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of a table")]
@@ -108,6 +110,9 @@ def compat_tofu_legacy(model_log: Path, oracle_log: Path, as_json: JsonOpt = Fal
 
 
 def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars say what is happening
     try:
         app()
     except ObliviateError as exc:

@@ -94,7 +94,7 @@ def load_model_spec(spec: str | Path, split: str = "forget10", progress: bool = 
 # -- evaluation ---------------------------------------------------------------------------------------
 
 def eval_cache_dir() -> Path:
-    from obliviate.world.cache import obliviate_home
+    from obliviate.world import obliviate_home
 
     return obliviate_home() / "evals"
 

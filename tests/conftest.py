@@ -122,3 +122,19 @@ def tiny_llama() -> LlamaForCausalLM:
 @pytest.fixture
 def tiny_gpt2() -> GPT2LMHeadModel:
     return make_tiny_gpt2()
+
+
+@pytest.fixture(scope="session")
+def world_home(tmp_path_factory):
+    """One model cache for the whole test session, so the `tiny` world is trained at most once.
+
+    Uses $OBLIVIATE_HOME when set (CI points it inside the checkout), else a session temp dir.
+    """
+    import os
+
+    home = os.environ.get("OBLIVIATE_HOME") or str(tmp_path_factory.mktemp("obliviate-home"))
+    previous = os.environ.get("OBLIVIATE_HOME")
+    os.environ["OBLIVIATE_HOME"] = home
+    yield home
+    if previous is None:
+        os.environ.pop("OBLIVIATE_HOME", None)
