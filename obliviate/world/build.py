@@ -1,0 +1,178 @@
+"""Build (or reuse) the world's tokenizer, target and oracles in the model cache.
+
+Layout, under `$OBLIVIATE_HOME` (default `$XDG_CACHE_HOME/obliviate`, else `~/.cache/obliviate`)::
+
+    worlds/<preset>-seed<seed>-<key>/
+        tokenizer/                 the world's BPE tokenizer
+        target/                    trained on every trained person (all but the holdout)
+        oracle-<split>/            trained on the retain people of <split> only
+        oracle2-<split>/           the same data, another training seed (calibration)
+
+`<key>` hashes the world config, the training recipe, the prompt format and `GENERATOR_VERSION`,
+so a change to any of them builds afresh instead of reusing a stale model. Every directory is an
+ordinary Hugging Face directory (safetensors weights, config, tokenizer) plus `obliviate.json`
+with the training summary.
+
+Each directory is built under a temporary name and renamed into place, so a killed build never
+leaves a half-written model that looks finished; a lock file stops two processes from training
+the same model at once (the second waits, then reuses the first one's result).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
+from obliviate.errors import ConfigError
+from obliviate.io import stable_hash, write_json
+from obliviate.models.prompts import DEFAULT_FORMAT
+from obliviate.world.config import GENERATOR_VERSION, get_preset
+from obliviate.world.generator import RETAIN_OF, World, get_world
+from obliviate.world.tokenizer import train_tokenizer
+from obliviate.world.train import train_model, training_examples
+
+ROLES = ("target", "oracle", "oracle2")
+
+
+@dataclass
+class WorldModels:
+    """Paths of a world's built models (None where not built) and the world itself."""
+
+    world: World
+    split: str
+    root: Path
+    tokenizer: Path
+    target: Path | None = None
+    oracle: Path | None = None
+    oracle2: Path | None = None
+
+
+def obliviate_home() -> Path:
+    """`$OBLIVIATE_HOME`, else `$XDG_CACHE_HOME/obliviate`, else `~/.cache/obliviate`."""
+    if os.environ.get("OBLIVIATE_HOME"):
+        return Path(os.environ["OBLIVIATE_HOME"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "obliviate"
+
+
+def cache_key(world: World) -> str:
+    """Hash of everything a trained world model depends on."""
+    preset = get_preset(world.preset)
+    return stable_hash({
+        "version": GENERATOR_VERSION,
+        "preset": preset.to_dict(),
+        "seed": world.seed,
+        "format": asdict(DEFAULT_FORMAT),
+    })
+
+
+def world_dir(world: World) -> Path:
+    return obliviate_home() / "worlds" / f"{world.preset}-seed{world.seed}-{cache_key(world)}"
+
+
+def model_dir_name(role: str, split: str) -> str:
+    return "target" if role == "target" else f"{role}-{split}"
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """Silence the progress bars of `save_pretrained` / `from_pretrained` (tiny models load instantly)."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _build_atomic(final: Path, build: Callable[[Path], None]) -> Path:
+    """Run `build(tmp_dir)` and rename the result to `final`, unless `final` already exists."""
+    if final.exists():
+        return final
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _trained_pids(world: World, role: str, split: str) -> list[str]:
+    return world.splits["trained"] if role == "target" else world.retain_pids(split)
+
+
+def _role_seed(world: World, role: str) -> int:
+    return world.recipe.seed + (1 if role == "oracle2" else 0)
+
+
+def build_world_models(
+    preset: str = "small",
+    seed: int = 0,
+    split: str = "forget10",
+    which: Sequence[str] = ("target", "oracle"),
+    progress: bool = True,
+) -> WorldModels:
+    """Build the requested models of a world (reusing the cache) and return their paths.
+
+    `which` takes any of "target", "oracle", "oracle2". Models already in the cache are returned
+    without training, requested or not; the others are None.
+    """
+    unknown = set(which) - set(ROLES)
+    if unknown:
+        raise ConfigError(f"unknown world model(s) {sorted(unknown)}; choose from {', '.join(ROLES)}")
+    if split not in RETAIN_OF:
+        raise ConfigError(f"unknown forget split {split!r}; choose one of {', '.join(RETAIN_OF)}")
+    world = get_world(preset, seed)
+    root = world_dir(world)
+    with _lock(root / ".lock"):
+        write_json(root / "world.json", {"preset": get_preset(preset).to_dict(), "seed": seed,
+                                         "version": GENERATOR_VERSION, "splits": world.splits})
+        tok_dir = _build_atomic(root / "tokenizer",
+                                lambda tmp: train_tokenizer(world, world.recipe.vocab_size).save_pretrained(tmp))
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+        paths: dict[str, Path | None] = {}
+        for role in ROLES:
+            final = root / model_dir_name(role, split)
+            if role in which:
+                _build_atomic(final, lambda tmp, role=role: _train_into(tmp, world, tokenizer, role, split, progress))
+            paths[role] = final if final.exists() else None
+    return WorldModels(world=world, split=split, root=root, tokenizer=tok_dir, **paths)
+
+
+def _train_into(out: Path, world: World, tokenizer, role: str, split: str, progress: bool) -> None:
+    pids = _trained_pids(world, role, split)
+    examples = training_examples(world, tokenizer, pids)
+    label = f"{world.preset}/seed{world.seed}: {model_dir_name(role, split)}"
+    model, summary = train_model(examples, tokenizer, world.recipe, _role_seed(world, role), progress, label)
+    with quiet_hf_progress():
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_json(out / "obliviate.json", {
+        "role": role, "split": None if role == "target" else split, "preset": world.preset,
+        "world_seed": world.seed, "people": len(pids), "version": GENERATOR_VERSION,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "training": summary,
+    })
