@@ -134,7 +134,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     from obliviate.methods import get_method
     from obliviate.models.loading import save_model
     from obliviate.models.lora import apply_lora, parse_lora
-    from obliviate.runs import write_artifact, write_config
+    from obliviate.runs import write_artifact, write_config, write_intervention_artifact
     from obliviate.workflow import load_model_spec, parse_world_spec
 
     cls = get_method(method)
@@ -144,6 +144,9 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     ref = parse_world_spec(model_spec, split)
     forget_items, retain_items = _load_sets(forget, retain, ref, mapping or [], strict)
     lora_spec = parse_lora(lora) if lora else None
+    inference_time = getattr(cls, "produces", "weights") == "intervention"
+    if inference_time and lora_spec is not None:
+        raise ObliviateError(f"--lora does not apply to {method}: it leaves the weights frozen")
     model, tok, ref = load_model_spec(model_spec, split, progress=progress)
     base_path = getattr(model, "name_or_path", None) or model.config._name_or_path
     if lora_spec is not None:
@@ -157,7 +160,9 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
 
     if not PartialState().is_main_process:
         return summary  # under `accelerate launch`, the main process writes the run
-    if lora_spec is not None and not merge:
+    if inference_time:  # unlearn() saved out/intervention; the run points at the untouched base model
+        write_intervention_artifact(out, str(base_path), method, summary["intervention"])
+    elif lora_spec is not None and not merge:
         model.save_pretrained(out / "adapter")
         tok.save_pretrained(out / "adapter")
         write_artifact(out, "adapter", path="adapter", base_model=str(base_path), method=method)
@@ -300,7 +305,7 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Unlearn forget10 from the built-in world's model and compare it with the exact-retrain oracle."""
-    from obliviate.models.loading import load_model
+    from obliviate.runs import load_run_model
     from obliviate.workflow import WorldRef, cached_world_eval, evaluate, world_eval_sets, world_models
 
     t0 = time.perf_counter()
@@ -320,7 +325,7 @@ def demo(
     run_unlearn(method, f"world:{preset}@{seed}", out, split=split, progress=progress)
     if progress:
         console.print("[bold]3/3[/] evaluating against the oracle")
-    model, tok = load_model(out / "model")
+    model, tok = load_run_model(out)
     unlearned = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, config={"target": str(out)})
     columns = {"target": target_eval["aggregates"], method: unlearned["aggregates"],
                "oracle (retrain)": oracle_eval["aggregates"]}

@@ -4,6 +4,7 @@
       config.json     resolved config, command line, package versions, data hashes
       artifact.json   what the run produced and how to load it ({"kind": "weights", "path": "model"})
       model/          the unlearned weights (safetensors + tokenizer) for weight-editing methods
+      intervention/   or, for inference-time methods, the intervention applied to the frozen base model
       results.json    aggregates with direction and 95% CIs
       items.jsonl     per-item values
       train_log.jsonl per-step losses
@@ -45,6 +46,16 @@ def write_artifact(run_dir: Path, kind: str, **info: Any) -> None:
     write_json(Path(run_dir) / "artifact.json", {"kind": kind, **info})
 
 
+def write_intervention_artifact(run_dir: Path, base_model: str, method: str, intervention: str,
+                                path: str = "intervention") -> None:
+    """artifact.json of an inference-time run: the frozen base model and the saved intervention.
+
+    The intervention itself (`Intervention.save`) is already in `run_dir/path`.
+    """
+    write_artifact(run_dir, "intervention", path=path, base_model=str(base_model), method=method,
+                   intervention=intervention)
+
+
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "artifact.json").is_file()
 
@@ -66,4 +77,10 @@ def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto
         base, tokenizer = load_model(artifact["base_model"], device=device, dtype=dtype)
         model = PeftModel.from_pretrained(base, run_dir / artifact.get("path", "adapter"))
         return model.eval(), tokenizer
+    if kind == "intervention":
+        from obliviate.interventions import load_intervention
+
+        base, tokenizer = load_model(artifact["base_model"], device=device, dtype=dtype)
+        intervention = load_intervention(run_dir / artifact.get("path", "intervention"), base, tokenizer)
+        return intervention.wrap(base, tokenizer).eval(), tokenizer
     raise ObliviateError(f"{run_dir}/artifact.json: unknown artifact kind '{kind}'")

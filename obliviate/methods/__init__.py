@@ -8,9 +8,12 @@ from __future__ import annotations
 from obliviate.config import did_you_mean
 from obliviate.errors import ConfigError
 from obliviate.methods.base import FinetuneMethod, Method, MethodConfig
+from obliviate.methods.eco import ECO
 from obliviate.methods.flat import FLAT
 from obliviate.methods.ga import GradientAscent
 from obliviate.methods.graddiff import GradDiff
+from obliviate.methods.guard import GUARD
+from obliviate.methods.icul import ICUL, PromptBaseline
 from obliviate.methods.idk_dpo import IdkDPO
 from obliviate.methods.idk_sft import IdkSFT
 from obliviate.methods.kl import KL
@@ -18,8 +21,10 @@ from obliviate.methods.npo import NPO
 from obliviate.methods.rmu import RMU
 from obliviate.methods.simnpo import SimNPO
 from obliviate.methods.snap import SNAP
+from obliviate.methods.spul import SPUL
 from obliviate.methods.ssd import SSD
 from obliviate.methods.task_vector import TaskVector
+from obliviate.methods.uld import ULD
 from obliviate.methods.whp import WHP
 
 _TABLE: tuple[type[Method], ...] = (
@@ -36,6 +41,12 @@ _TABLE: tuple[type[Method], ...] = (
     FLAT,
     SSD,
     TaskVector,
+    SPUL,
+    ICUL,
+    PromptBaseline,
+    ECO,
+    GUARD,
+    ULD,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 

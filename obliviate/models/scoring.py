@@ -37,7 +37,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from obliviate.errors import ConfigError, ObliviateError
-from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat, encode_pair
+from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat, encode_answers, encode_prompt
 
 # Rows of logits turned into float32 at a time: bounds the temporary to ~64 MiB per buffer.
 _FLOAT_BUDGET = 1 << 24
@@ -286,6 +286,8 @@ def score_continuations(
     order = sorted((i for i, c in enumerate(continuations) if any(len(x) for x in c)), key=lambda i: len(prompts[i]))
     chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     keep = _accepts_logits_to_keep(model)
+    # A wrapper whose forward depends on more than a prompt's cache (an intervention) opts out.
+    share_prompt = share_prompt and getattr(model, "shares_prompt_cache", True)
     total = sum(sum(1 for c in continuations[i] if len(c)) for i in order)
     with eval_mode(model), _progress(total, progress, "scoring") as bar:
         for chunk in chunks:
@@ -391,11 +393,15 @@ def score_qa(
     unknown = [f for f in fields if f not in QA_FIELDS]
     if unknown:
         raise ConfigError(f"unknown QA field(s) {unknown}; choose from {list(QA_FIELDS)}")
-    prompts, conts = [], []
-    for item in items:
-        encoded = [encode_pair(tokenizer, item.question, a, fmt, eos=eos) for a in _answers(item, fields)]
-        prompts.append(encoded[0][0] if encoded else encode_pair(tokenizer, item.question, "", fmt)[0])
-        conts.append([answer_ids for _, answer_ids in encoded])
+    # Each prompt is tokenized once and every answer text in one batched call; the ids equal
+    # `encode_pair`'s (tests/test_models.py checks the scores against it).
+    answer_texts = [[fmt.answer_text(a) for a in _answers(item, fields)] for item in items]
+    flat = encode_answers(tokenizer, [t for texts in answer_texts for t in texts], eos=eos)
+    prompts, conts, at = [], [], 0
+    for item, texts in zip(items, answer_texts, strict=True):
+        prompts.append(encode_prompt(tokenizer, fmt.render(item.question, tokenizer)))
+        conts.append(flat[at:at + len(texts)])
+        at += len(texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scored = score_continuations(model, prompts, conts, batch_size, token_stats, pad_id, progress)
     results = []

@@ -33,7 +33,7 @@ class WorldConfig:
     n_attributes: int  # typed facts per person (the first n of `ATTRIBUTES`)
     n_places: int  # fictitious countries in the `world_places` utility set
     n_things: int  # fictitious creatures and plants in the `world_things` utility set
-    pool_size: int  # values per categorical attribute (cities, awards, ...): keeps priors low
+    pool_size: int  # at least this many values per invented vocabulary (raised to 1.25 x people)
     n_train_forms: int = 2  # question forms per fact used in training
     n_heldout_forms: int = 2  # question forms per fact never trained (the paraphrase test)
     n_perturbed: int = 5  # wrong answers per fact (same attribute, same answer template)

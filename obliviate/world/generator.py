@@ -517,7 +517,8 @@ _CACHE: dict[tuple[str, int], World] = {}
 
 
 def get_world(preset: str = "small", seed: int = 0) -> World:
-    """The world of `preset` and `seed` (pure and deterministic; memoised per process)."""
+    """The world of `preset` and `seed` (pure and deterministic; memoised per process, so treat it as
+    read-only: every caller in the process shares the same object)."""
     key = (preset, int(seed))
     if key not in _CACHE:
         _CACHE[key] = World(preset, int(seed))

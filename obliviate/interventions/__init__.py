@@ -1,0 +1,45 @@
+"""Interventions: the artifacts of inference-time methods, and the wrapper that runs them.
+
+- `base`: `Intervention` (state + run rule + save), `InterventionModel` (the wrapped frozen model).
+- `prefix`: `SoftPrompt` (SPUL), `InContextPrefix` (ICUL, prompt baseline).
+- `corruption`: `EmbeddingCorruption` (ECO). `restricted`: `RestrictedDecoding` (GUARD).
+- `logit_diff`: `LogitDifference` (ULD).
+- `classifier`: the prompt classifier of ECO and GUARD; `regions`: where a prompt ends.
+
+`load_intervention(dir, model, tokenizer)` restores a saved intervention by its `kind`. The
+methods that build interventions derive from `obliviate.methods.inference.InterventionMethod`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from obliviate.errors import ObliviateError
+from obliviate.interventions.base import Intervention, InterventionModel, read_state
+
+# kind -> "module:Class", imported on use so loading one kind never imports the others.
+KINDS = {
+    "soft_prompt": "obliviate.interventions.prefix:SoftPrompt",
+    "in_context": "obliviate.interventions.prefix:InContextPrefix",
+    "embedding_corruption": "obliviate.interventions.corruption:EmbeddingCorruption",
+    "restricted_decoding": "obliviate.interventions.restricted:RestrictedDecoding",
+    "logit_difference": "obliviate.interventions.logit_diff:LogitDifference",
+}
+
+
+def intervention_class(kind: str) -> type[Intervention]:
+    if kind not in KINDS:
+        raise ObliviateError(f"unknown intervention kind '{kind}' (known: {', '.join(sorted(KINDS))})")
+    module, _, name = KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_intervention(path: str | Path, model, tokenizer=None) -> Intervention:
+    """The intervention saved in `path`, rebuilt for the frozen `model`."""
+    meta, tensors = read_state(path)
+    cls = intervention_class(meta.get("kind", ""))
+    return cls.from_state(meta.get("config", {}), tensors, model, tokenizer)
+
+
+__all__ = ["KINDS", "Intervention", "InterventionModel", "intervention_class", "load_intervention"]

@@ -1,0 +1,175 @@
+"""ECO's run-time rule: corrupt the input embeddings of prompts the classifier flags.
+
+Liu et al. 2024, *Large Language Model Unlearning via Embedding-Corrupted Prompts*. For a flagged
+prompt, a forward hook on the embedding layer changes the embeddings e (H,) of chosen prompt
+tokens, during the prefill only; tokens after the prompt (answers being scored, generated tokens)
+are never corrupted. The corruptions (`dims` = k, z ~ N(0, 1), and the strength σ in units of
+the mean L2 norm ‖e‖ of the embedding matrix's rows, so that σ = 1 is noise as large as a whole
+embedding whatever the hidden size):
+
+    rand_noise_first_n   e[:k]   += σ·‖e‖·z
+    rand_noise_top_k     e[top]  += σ·‖e‖·z      top = the k entries of largest |e|
+    zero_out_top_k       e[top]   = 0
+    flip_sign_top_k      e[top]   = −e[top]
+
+Chosen tokens are the subject's tokens where the prompt contains a forget subject (the paper uses
+an entity tagger; the forget set's subjects stand in for it), else every prompt token but the
+last. Special tokens (BOS) are never corrupted: they carry no content. The prompt is found by
+the format's marker (`regions.py`), so a prefill of the prompt alone and a full prompt + answer
+sequence corrupt the same tokens in the same way.
+
+The noise of a prompt is drawn from a generator seeded by (seed, the prompt's token ids): the same
+prompt is corrupted identically in every batch, in both scoring paths and after save/load.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from obliviate.errors import ConfigError, ObliviateError
+from obliviate.interventions.base import Intervention, cache_length, call_model
+from obliviate.interventions.classifier import PromptClassifier
+from obliviate.interventions.regions import decoded_questions, find_regions
+from obliviate.models.prompts import PromptFormat
+
+CORRUPTIONS = ("rand_noise_first_n", "rand_noise_top_k", "zero_out_top_k", "flip_sign_top_k")
+NOISY = ("rand_noise_first_n", "rand_noise_top_k")
+
+
+def corrupt(e: torch.Tensor, kind: str, dims: int, strength: float, z: torch.Tensor | None) -> torch.Tensor:
+    """Corrupted copy of embeddings e (n, H); `strength` is absolute, z (n, dims) standard normal."""
+    e = e.clone()
+    if kind == "rand_noise_first_n":
+        e[:, :dims] += strength * z.to(e.dtype)
+        return e
+    top = e.abs().topk(dims, dim=-1).indices  # (n, dims)
+    if kind == "rand_noise_top_k":
+        return e.scatter_add(-1, top, strength * z.to(e.dtype))
+    if kind == "zero_out_top_k":
+        return e.scatter(-1, top, 0.0)
+    if kind == "flip_sign_top_k":
+        return e.scatter(-1, top, -e.gather(-1, top))
+    raise ConfigError(f"unknown corruption '{kind}' (choose from {', '.join(CORRUPTIONS)})")
+
+
+def _occurrences(seq: list[int], pattern: list[int]) -> list[int]:
+    m = len(pattern)
+    return [i for i in range(len(seq) - m + 1) if seq[i : i + m] == pattern]
+
+
+@dataclass
+class _Plan:
+    row: int
+    positions: list[int]
+    noise: torch.Tensor | None  # (n, dims)
+
+
+class EmbeddingCorruption(Intervention):
+    """Classifier-gated corruption of prompt embeddings (ECO)."""
+
+    kind = "embedding_corruption"
+
+    def __init__(self, classifier: PromptClassifier, corruption: str, strength: float, dims: int,
+                 embed_scale: float, marker: list[int], fmt: PromptFormat,
+                 subject_ids: list[list[int]] | None = None, seed: int = 0,
+                 skip_ids: Sequence[int] = ()) -> None:
+        super().__init__()
+        if corruption not in CORRUPTIONS:
+            raise ConfigError(f"unknown corruption '{corruption}' (choose from {', '.join(CORRUPTIONS)})")
+        self.classifier = classifier
+        self.corruption = corruption
+        self.strength = float(strength)
+        self.dims = int(dims)
+        self.embed_scale = float(embed_scale)
+        self.marker = list(marker)
+        self.fmt = fmt
+        self.subject_ids = [list(s) for s in subject_ids or []]
+        self.seed = int(seed)
+        self.skip_ids = sorted(int(i) for i in skip_ids)
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _positions(self, seq: list[int], start: int, prompt_end: int) -> list[int]:
+        prompt = seq[start:prompt_end]
+        hits = sorted({start + i + j for s in self.subject_ids for i in _occurrences(prompt, s) for j in range(len(s))})
+        skip = set(self.skip_ids)
+        return [p for p in hits or range(start, prompt_end - 1) if seq[p] not in skip]
+
+    def _noise(self, prompt: list[int], n: int) -> torch.Tensor | None:
+        if self.corruption not in NOISY:
+            return None
+        digest = zlib.crc32(np.asarray(prompt, dtype=np.int64).tobytes()) ^ (self.seed * 2_654_435_761 % (1 << 32))
+        gen = torch.Generator().manual_seed(int(digest))
+        return torch.randn(n, self.dims, generator=gen)
+
+    def plans(self, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[_Plan]:
+        """What to corrupt in each row of a prefill: flagged rows and their chosen positions."""
+        regions = find_regions(input_ids, attention_mask, self.marker)
+        flags = self.classifier.flags(decoded_questions(tokenizer, input_ids, regions, self.fmt))
+        plans = []
+        for b, (r, flagged) in enumerate(zip(regions, flags, strict=True)):
+            if not flagged or r.prompt_end <= r.start:
+                continue
+            seq = input_ids[b].tolist()
+            pos = self._positions(seq, r.start, r.prompt_end)
+            if pos:
+                plans.append(_Plan(b, pos, self._noise(seq[r.start : r.prompt_end], len(pos))))
+        return plans
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, wrapped, input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep,
+            output_hidden_states, inputs_embeds):
+        base = wrapped.base
+        kwargs = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+                      use_cache=use_cache, output_hidden_states=output_hidden_states)
+        if cache_length(past_key_values) > 0:  # continuing a prompt: never corrupted
+            return call_model(base, logits_to_keep, input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        if input_ids is None:
+            raise ObliviateError("ECO needs token ids to classify a prompt (got inputs_embeds)")
+        if wrapped.tokenizer is None:
+            raise ObliviateError("ECO needs the tokenizer: wrap(model, tokenizer)")
+        plans = self.plans(wrapped.tokenizer, input_ids, attention_mask)
+        if not plans:
+            return call_model(base, logits_to_keep, input_ids=input_ids, **kwargs)
+        strength = self.strength * self.embed_scale  # absolute noise scale
+
+        def hook(module, args, output):  # output (B, T, H): the input embeddings
+            output = output.clone()
+            for p in plans:
+                pos = torch.tensor(p.positions, device=output.device)
+                noise = None if p.noise is None else p.noise.to(output.device)
+                output[p.row, pos] = corrupt(output[p.row, pos], self.corruption, self.dims, strength, noise)
+            return output
+
+        handle = base.get_input_embeddings().register_forward_hook(hook)
+        try:
+            return call_model(base, logits_to_keep, input_ids=input_ids, **kwargs)
+        finally:
+            handle.remove()
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def state_config(self) -> dict[str, Any]:
+        return {"classifier": self.classifier.to_dict(), "corruption": self.corruption, "strength": self.strength,
+                "dims": self.dims, "embed_scale": self.embed_scale, "marker": self.marker,
+                "format": {"question_template": self.fmt.question_template, "answer_prefix": self.fmt.answer_prefix,
+                           "chat": self.fmt.chat},
+                "subject_ids": self.subject_ids, "seed": self.seed, "skip_ids": self.skip_ids}
+
+    @classmethod
+    def from_state(cls, config, tensors, model, tokenizer) -> EmbeddingCorruption:
+        return cls(PromptClassifier.from_dict(config["classifier"]), config["corruption"], config["strength"],
+                   config["dims"], config["embed_scale"], config["marker"], PromptFormat(**config["format"]),
+                   config["subject_ids"], config["seed"], config.get("skip_ids", ()))
+
+    def with_strength(self, strength: float) -> EmbeddingCorruption:
+        """The same intervention with another σ (shares the classifier)."""
+        return EmbeddingCorruption(self.classifier, self.corruption, strength, self.dims, self.embed_scale,
+                                   self.marker, self.fmt, self.subject_ids, self.seed, self.skip_ids)

@@ -1,0 +1,107 @@
+"""A small optimisation loop for intervention parameters (SPUL's soft prompt).
+
+The shared fine-tuning loop (`obliviate.train.loop`) draws QA forget/retain batches of a fixed
+format. SPUL instead trains on one shuffled pool of forget and retain examples, in its own label
+format, with a cosine schedule, so it gets this loop: AdamW, warm-up then cosine decay, gradient
+clipping, one `train_log.jsonl` row per step, and checkpoints with exact resume (the data order is
+a pure function of the seed, so a resumed run skips the steps already taken and restores the
+parameters, optimiser, scheduler and RNG states).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import get_scheduler
+
+from obliviate.io import atomic_open, read_json, write_json
+from obliviate.train.loop import CHECKPOINT, DivergenceError
+
+StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+def _save(out_dir: Path, params: Sequence[torch.Tensor], optimizer, scheduler, step: int) -> None:
+    tmp = out_dir / f".{CHECKPOINT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {"params": [p.detach().cpu() for p in params], "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+    with atomic_open(tmp / "state.pt", "wb") as handle:
+        torch.save(state, handle)
+    write_json(tmp / "progress.json", {"step": step})
+    final = out_dir / CHECKPOINT
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _load(out_dir: Path, params: Sequence[torch.Tensor], optimizer, scheduler) -> int:
+    ckpt = out_dir / CHECKPOINT
+    if not (ckpt / "progress.json").exists():
+        return 0
+    state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"], strict=True):
+            p.copy_(saved)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(read_json(ckpt / "progress.json")["step"])
+
+
+def train_parameters(params: Sequence[torch.Tensor], n_examples: int, step_fn: StepFn, cfg, out_dir: Path,
+                     name: str, progress: bool = True, resume: bool = False) -> dict:
+    """Minimise `step_fn(batch_indices)` over shuffled batches of `n_examples`; return a summary.
+
+    `cfg` provides lr, weight_decay, warmup_ratio, epochs, max_steps, batch_size, max_grad_norm,
+    save_every and seed.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps else per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
+                              num_training_steps=total)
+    start = _load(out_dir, params, optimizer, scheduler) if resume else 0
+    log_path = out_dir / "train_log.jsonl"
+    if not resume and log_path.exists():
+        log_path.unlink()
+    step, last, t0 = 0, {}, time.perf_counter()
+    bar = Progress(TextColumn(f"[bold]{name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                   TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   disable=not progress)
+    with bar:
+        task = bar.add_task("train", total=total, completed=start, loss="")
+        while step < total:
+            order = torch.randperm(n_examples, generator=generator)
+            for s in range(0, n_examples, cfg.batch_size):
+                if step >= total:
+                    break
+                step += 1
+                if step <= start:
+                    continue  # replaying the data order up to the checkpoint
+                loss, logs = step_fn(order[s : s + cfg.batch_size])
+                if not torch.isfinite(loss):
+                    raise DivergenceError(f"{name}: loss is {loss.item()} at step {step}; lower the learning rate "
+                                          f"(lr={cfg.lr})")
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                last = {"step": step, "loss": float(loss.detach()), **logs}
+                with open(log_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(last) + "\n")
+                bar.update(task, completed=step, loss=f"loss {last['loss']:.3f}")
+                if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                    _save(out_dir, params, optimizer, scheduler, step)
+    shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+    return {"steps": step, "resumed_from": start, "final": last, "train_seconds": time.perf_counter() - t0}
