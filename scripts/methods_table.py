@@ -20,11 +20,16 @@ from pathlib import Path
 BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 
 
+class Failed(Exception):
+    pass
+
+
 def run(cmd: list[str]) -> dict:
-    """Run a CLI command with --json and return its parsed output."""
+    """Run a CLI command with --json and return its parsed output; Failed carries its error line."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")] or ["failed"]
+        raise Failed(lines[-1].removeprefix("error: "))
     return json.loads(proc.stdout[proc.stdout.index("{"):])
 
 
@@ -54,7 +59,7 @@ def main() -> None:
     exe = [sys.executable, "-m", "obliviate"]
     world = f"world:{args.preset}@{args.seed}"
     models = build_world_models(args.preset, args.seed, args.split, which=("target", "oracle"))
-    rows = []
+    rows, failures = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for label, path in (("target (no unlearning)", models.target), ("oracle (retrain)", models.oracle)):
             res = run([*exe, "eval", str(path), "--split", args.split, "--world", f"{args.preset}@{args.seed}",
@@ -62,12 +67,15 @@ def main() -> None:
             rows.append((label, res["aggregates"], None, None))
         for name in names:
             run_dir = f"{tmp}/{name}"
-            summary = run([*exe, "unlearn", "--method", name, "--model", world, "--split", args.split,
-                           "--out", run_dir, "--json"])
-            seconds, peak = summary["seconds"], summary["peak_memory_mb"]
-            res = run([*exe, "eval", run_dir, "--json"])
-            rows.append((name, res["aggregates"], seconds, peak))
-            print(f"{name}: done in {seconds:.0f}s", file=sys.stderr)
+            try:
+                summary = run([*exe, "unlearn", "--method", name, "--model", world, "--split", args.split,
+                               "--out", run_dir, "--json"])
+                res = run([*exe, "eval", run_dir, "--json"])
+            except Failed as exc:  # reported in the table, not hidden
+                failures.append((name, str(exc)))
+                continue
+            rows.append((name, res["aggregates"], summary["seconds"], summary["peak_memory_mb"]))
+            print(f"{name}: done in {summary['seconds']:.0f}s", file=sys.stderr)
     head = ("| method | forget quality ↑ | model utility ↑ | forget ROUGE ↓ | retain ROUGE ↑ | wall time (s) | "
             "peak memory (MB) |\n|---|---|---|---|---|---|---|\n")
     body = "".join(
@@ -78,7 +86,8 @@ def main() -> None:
     note = (f"\n`{command}`"
             f" — world `{args.preset}`, split `{args.split}`, seed {args.seed}, each method's default config; "
             "values with a 95% bootstrap CI over items.\n")
-    table = f"{BEGIN}\n{head}{body}{note}{END}"
+    fails = "".join(f"\n- `{name}` did not run with its defaults on this world: {why}" for name, why in failures)
+    table = f"{BEGIN}\n{head}{body}{note}{fails}\n{END}"
     text = args.out.read_text(encoding="utf-8") if args.out.exists() else f"# Methods\n\n{BEGIN}\n{END}\n"
     start, end = text.index(BEGIN), text.index(END) + len(END)
     args.out.write_text(text[:start] + table + text[end:], encoding="utf-8")
