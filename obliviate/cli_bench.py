@@ -14,7 +14,8 @@ from obliviate.errors import ConfigError
 
 @app.command()
 def bench(
-    methods: Annotated[str, typer.Option(help="methods a,b,... or all (see `obliviate methods`)")],
+    methods: Annotated[str, typer.Option(help="methods a,b,... or all (see `obliviate methods`; "
+                                            "all leaves out uoe on a world that is not MoE)")],
     out: Annotated[Path, typer.Option(help="bench directory; run the same command again to resume")],
     world: Annotated[str, typer.Option(help="built-in world PRESET or PRESET:ARCH (each seed is its own world)")]
     = "small",
@@ -62,7 +63,7 @@ def bench(
         scope_overrides,
     )
 
-    names = parse_methods(methods)
+    names = parse_methods(methods, moe=model is None and world.partition(":")[2] == "moe")
     if model is None and (retain or oracle or holdout or utility):
         raise ConfigError("--retain, --oracle, --holdout and --utility go with --model (your own model and data)")
     if model is not None and model.startswith("world:"):

@@ -259,7 +259,7 @@ def eval_cmd(
     oracle: Annotated[str | None, typer.Option(help="oracle: a model, or an eval/run dir with items.jsonl; "
                                                "default for world runs: the world's oracle")] = None,
     split: Split = "forget10",
-    world: Annotated[str | None, typer.Option(help="PRESET[@SEED]: use this world's sets and oracle")] = None,
+    world: Annotated[str | None, typer.Option(help="PRESET[@SEED][:ARCH]: use this world's sets and oracle")] = None,
     out: Annotated[Path | None, typer.Option(help="where to write results (default: the run dir)")] = None,
     suite: Annotated[str, typer.Option(help="evaluation suite")] = "qa",
     map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,

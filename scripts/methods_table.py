@@ -57,25 +57,34 @@ def main() -> None:
 
     names = list(METHODS) if args.methods == "all" else args.methods.split(",")
     exe = [sys.executable, "-m", "obliviate"]
-    world = f"world:{args.preset}@{args.seed}"
-    models = build_world_models(args.preset, args.seed, args.split, which=("target", "oracle"))
+    # methods that need a mixture-of-experts model (UOE) run on the world's MoE variant, under that
+    # variant's own target and oracle rows
+    groups = {"llama": [n for n in names if not METHODS[n].needs_moe],
+              "moe": [n for n in names if METHODS[n].needs_moe]}
     rows, failures = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, path in (("target (no unlearning)", models.target), ("oracle (retrain)", models.oracle)):
-            res = run([*exe, "eval", str(path), "--split", args.split, "--world", f"{args.preset}@{args.seed}",
-                       "--out", f"{tmp}/{label[:6]}", "--json"])
-            rows.append((label, res["aggregates"], None, None))
-        for name in names:
-            run_dir = f"{tmp}/{name}"
-            try:
-                summary = run([*exe, "unlearn", "--method", name, "--model", world, "--split", args.split,
-                               "--out", run_dir, "--json"])
-                res = run([*exe, "eval", run_dir, "--json"])
-            except Failed as exc:  # reported in the table, not hidden
-                failures.append((name, str(exc)))
+        for arch, members in groups.items():
+            if not members:
                 continue
-            rows.append((name, res["aggregates"], summary["seconds"], summary["peak_memory_mb"]))
-            print(f"{name}: done in {summary['seconds']:.0f}s", file=sys.stderr)
+            world = f"world:{args.preset}@{args.seed}" + ("" if arch == "llama" else f":{arch}")
+            suffix = "" if arch == "llama" else f", {arch} world"
+            models = build_world_models(args.preset, args.seed, args.split, which=("target", "oracle"), arch=arch)
+            for label, path in (("target (no unlearning)", models.target), ("oracle (retrain)", models.oracle)):
+                res = run([*exe, "eval", str(path), "--split", args.split, "--world", world.removeprefix("world:"),
+                           "--out", f"{tmp}/{arch}-{label[:6]}", "--json"])
+                rows.append((label.replace(")", suffix + ")"), res["aggregates"], None, None))
+            for name in members:
+                run_dir = f"{tmp}/{name}"
+                try:
+                    summary = run([*exe, "unlearn", "--method", name, "--model", world, "--split", args.split,
+                                   "--out", run_dir, "--json"])
+                    res = run([*exe, "eval", run_dir, "--json"])
+                except Failed as exc:  # reported in the table, not hidden
+                    failures.append((name, str(exc)))
+                    continue
+                rows.append((name + ("" if arch == "llama" else f" ({arch})"), res["aggregates"], summary["seconds"],
+                             summary["peak_memory_mb"]))
+                print(f"{name}: done in {summary['seconds']:.0f}s", file=sys.stderr)
     head = ("| method | forget quality ↑ | model utility ↑ | forget ROUGE ↓ | retain ROUGE ↑ | wall time (s) | "
             "peak memory (MB) |\n|---|---|---|---|---|---|---|\n")
     body = "".join(

@@ -121,13 +121,18 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--split", default="forget10")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", default=DEFAULT_METHODS)
+    parser.add_argument("--methods", default=DEFAULT_METHODS,
+                        help="methods a,b,... or all (a method that needs an MoE model runs on the "
+                                               "world's MoE variant)")
     parser.add_argument("--oracle2", action="store_true", help="add the second oracle's row (trains it once)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
     parser.add_argument("--reuse", action="store_true", help="with --keep: read back runs already attacked there")
     parser.add_argument("--out", type=Path, default=Path("docs/robustness.md"))
     args = parser.parse_args()
+    from obliviate.methods import METHODS
     from obliviate.world import build_world_models
+
+    names = list(METHODS) if args.methods == "all" else args.methods.split(",")
 
     exe = [sys.executable, "-m", "obliviate"]
     world = f"{args.preset}@{args.seed}"
@@ -144,14 +149,16 @@ def main() -> None:
             rows.append(("oracle2 (retrain, seed 1)",
                          attack_rows(exe, str(models.oracle2), f"{root}/oracle2", world, reuse), None))
         print(f"reference rows: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        for name in args.methods.split(","):
+        for name in names:
             run_dir = f"{root}/{name}"
+            moe = METHODS[name].needs_moe  # attacked against the MoE world's own target and oracle
             t0 = time.perf_counter()
             try:
                 if not (reuse and (Path(run_dir) / "attacks.json").exists()):
-                    run([*exe, "unlearn", "--method", name, "--model", f"world:{world}", "--split", args.split,
-                         "--out", run_dir, "--json"])
-                rows.append((name, attack_rows(exe, run_dir, run_dir, None, reuse), time.perf_counter() - t0))
+                    run([*exe, "unlearn", "--method", name, "--model", f"world:{world}" + (":moe" if moe else ""),
+                         "--split", args.split, "--out", run_dir, "--json"])
+                rows.append((name + (" (moe world)" if moe else ""), attack_rows(exe, run_dir, run_dir, None, reuse),
+                             time.perf_counter() - t0))
             except Failed as exc:  # reported under the table, not hidden
                 failures.append((name, str(exc)))
                 continue

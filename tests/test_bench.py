@@ -377,3 +377,12 @@ def test_reports_render_in_headless_chromium(real_bench, tmp_path):
         assert 'data-ready="1"' in dom  # the page's script ran to the end
         figures = re.findall(r'<figure class="plot" id="plot-([^"]+)">\s*<svg', dom)
         assert set(expected) <= set(figures), (name, figures)
+
+
+def test_all_methods_leaves_out_moe_only_methods_off_moe_worlds():
+    from obliviate.bench.spec import parse_methods
+    from obliviate.methods import METHODS
+
+    assert "uoe" not in parse_methods("all") and len(parse_methods("all")) == len(METHODS) - 1
+    assert parse_methods("all", moe=True) == list(METHODS)
+    assert parse_methods("ga,uoe") == ["ga", "uoe"]  # named, it is kept (and fails in its cell off MoE)

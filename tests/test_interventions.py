@@ -574,3 +574,16 @@ def test_inference_time_methods_declare_what_they_produce():
     for method in _configs().values():
         assert method.family == "inference-time" and method.produces == "intervention"
         assert method.name and method.paper and method.summary
+
+
+def test_no_method_config_shadows_a_prompt_classifier_field():
+    """A method's own field named like a classifier field would silently retune the gate (SPUL once did)."""
+    from obliviate.methods import METHODS
+    from obliviate.methods.eco import DetectorConfig
+
+    base = DetectorConfig.model_fields
+    for name, cls in METHODS.items():
+        if issubclass(cls.Config, DetectorConfig):
+            fields = cls.Config.model_fields
+            assert all(fields[k].description == base[k].description for k in base), name
+    assert SPULConfig().detector_kwargs()["alpha"] == DetectorConfig().alpha

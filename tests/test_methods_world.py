@@ -407,10 +407,7 @@ def test_classifier_flags_forget_prompts(world, target, tmp_path, name):
     assert flagged_forget > 0.5 and flagged_retain < 0.05, (flagged_forget, flagged_retain)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("spul", marks=pytest.mark.xfail(strict=True, reason="SPUL's default soft prompt leaves the tiny "
-                                                  "world's forget probability at 0.76 of the target's 0.98")),
-    "icul", "prompt", "uld"])
+@pytest.mark.parametrize("name", ["spul", "icul", "prompt", "uld"])
 def test_forget_probability_falls_more_than_retain(world, target, tmp_path, name):
     _, model = unlearn(world, name, tmp_path)
     after = scores(model, world)

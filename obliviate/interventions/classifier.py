@@ -227,6 +227,11 @@ class Detector:
         questions, regions = self.reader.read(tokenizer, input_ids, attention_mask)
         return self.classifier.flags(questions), regions, questions
 
+    def flags_items(self, tokenizer, items: Sequence, fmt: PromptFormat = DEFAULT_FORMAT) -> np.ndarray:
+        """Whether the gate would flag each item (QA item or labelled text) by its original prompt."""
+        texts = [classifier_text(tokenizer, item_prompts(it)[0][0], fmt) for it in items]
+        return self.classifier.flags(texts) if texts else np.zeros(0, dtype=bool)
+
     def state(self) -> dict[str, Any]:
         """JSON state: {"classifier", "marker", "format"} (the keys ECO and GUARD runs have always saved)."""
         return {"classifier": self.classifier.to_dict(), **self.reader.state()}

@@ -63,6 +63,7 @@ class Method(ABC):
     summary: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_retain: ClassVar[bool] = False
+    needs_moe: ClassVar[bool] = False  # runs only on mixture-of-experts models
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -6,7 +6,7 @@ tokens, placed before every input (after its BOS, `interventions/prefix.py`), is
 (P-tuning: the K vectors come from an MLP encoder with hidden size 128, Liu et al. 2021; or plain
 prompt tuning without the encoder):
 
-    L = L_f + α·L_r + β·L_KL,   α = β = 0.5
+    L = L_f + α·L_r + β·L_KL,   α = β = 0.5   (`retain_weight`, `kl_weight`; `alpha` is the gate's)
 
 - labelled texts (the paper's setting, format `### Text: {x}\\n\\n### Question: What is the
   sentiment of the given text?\\n\\n### Sentiment: {y}`): L_f is the cross-entropy of the forget
@@ -24,11 +24,13 @@ values are the same) to avoid holding |retain targets| × V floats.
 
 **Gate.** With `gate=classifier` (the default) the soft prompt is put only before prompts that the
 forget-prompt classifier of ECO and GUARD flags (`interventions/classifier.py`); other prompts run
-the bare model. The paper prepends it to every input (`gate=none`), relying on L_r and L_KL to keep
-retain answers. On the built-in world's models, trained only on documents that start at the BOS,
+the bare model. The classifier is fitted first, and the prompt trains on what it will precede: the
+forget items and the retain items the classifier flags (its false positives); the retain items it
+passes leave the training pool, as they never meet the prompt. The paper prepends the prompt to
+every input (`gate=none`) and trains it on the whole pool, relying on L_r and L_KL to keep retain
+answers. On the built-in world's models, trained only on documents that start at the BOS,
 any prefix is out of distribution: ungated, the trained prompt leaves retain and utility answers near
 chance and model utility at zero (docs/methods.md; learning rates up to 1e-2 did not change that).
-Training is the same either way.
 
 Defaults follow the paper's code: AdamW lr 1e-4 with weight decay 0.001, cosine schedule with 10%
 warm-up, 10 epochs, batch 32, max_grad_norm 0.3. The run saves the soft prompt as a (K, H) tensor
@@ -159,8 +161,8 @@ class SPULConfig(GateConfig):
         "mlp", description="'mlp': P-tuning (an MLP encoder produces the prompt, as in the paper); "
         "'none': plain prompt tuning, initialised from random vocabulary embeddings")
     encoder_hidden: int = Field(128, ge=1, description="hidden size of the P-tuning MLP encoder")
-    alpha: float = Field(0.5, ge=0, description="weight α of the retain cross-entropy")
-    beta: float = Field(0.5, ge=0, description="weight β of the retain KL to the prompt-free model")
+    retain_weight: float = Field(0.5, ge=0, description="α, the weight of the retain cross-entropy")
+    kl_weight: float = Field(0.5, ge=0, description="β, the weight of the retain KL to the prompt-free model")
     generic_labels: list[str] = Field(["neutral", "unknown"], min_length=1,
                                       description="labelled texts: forget targets, one drawn per item")
     label_template: str = Field(SENTIMENT_TEMPLATE, description="labelled texts: the prompt, with {text}")
@@ -212,7 +214,17 @@ class SPUL(InterventionMethod):
             raise ConfigError("spul: the forget set is empty")
         if len(kinds) > 1:
             raise ConfigError("spul: forget and retain must be the same kind of item (QA or labelled text)")
-        examples = build_examples(tokenizer, forget, retain, LabelFormat(cfg.label_template), cfg.generic_labels,
+        labelled = LabelledText in kinds
+        detector, report, pool = None, None, list(retain)
+        if cfg.gate == "classifier":
+            # The prompt only ever precedes the prompts the gate flags, so it trains on those: every
+            # forget item, and the retain items the classifier flags (its false positives).
+            fmt = LabelFormat(cfg.label_template).prompt_format() if labelled else DEFAULT_FORMAT
+            detector, report = fit_detector(tokenizer, forget, retain, **cfg.detector_kwargs(), fmt=fmt,
+                                            method=self.name)
+            pool = [item for item, flagged in zip(retain, detector.flags_items(tokenizer, retain, fmt), strict=True)
+                    if flagged]
+        examples = build_examples(tokenizer, forget, pool, LabelFormat(cfg.label_template), cfg.generic_labels,
                                   cfg.seed)
         prompt, params = self._encoder(model, tokenizer)
         wrapped = prompt.wrap(model, tokenizer)
@@ -223,12 +235,12 @@ class SPUL(InterventionMethod):
             batch = collate_examples([examples[int(i)] for i in indices], pad_id, cfg.max_length)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             ref = None
-            if cfg.beta and not bool(batch["is_forget"].all()):
+            if cfg.kl_weight and not bool(batch["is_forget"].all()):
                 with torch.no_grad():
                     ref = model(input_ids=ids, attention_mask=mask).logits
             logits = wrapped(input_ids=ids, attention_mask=mask).logits
             return spul_loss(logits, ref, batch["labels"].to(device), batch["is_forget"].to(device),
-                             cfg.alpha, cfg.beta)
+                             cfg.retain_weight, cfg.kl_weight)
 
         model.eval()  # frozen: no dropout in the model; only the prompt trains
         with frozen(model):
@@ -236,11 +248,8 @@ class SPUL(InterventionMethod):
         summary["examples"] = {"forget": sum(e.forget for e in examples),
                                "retain": sum(not e.forget for e in examples),
                                "truncated": sum(len(e.prompt) + len(e.target) > cfg.max_length for e in examples)}
-        summary["setting"] = "labelled" if LabelledText in kinds else "qa"
+        summary["setting"] = "labelled" if labelled else "qa"
         summary["gate"] = cfg.gate
-        detector = None
-        if cfg.gate == "classifier":
-            fmt = LabelFormat(cfg.label_template).prompt_format() if LabelledText in kinds else DEFAULT_FORMAT
-            detector, summary["classifier"] = fit_detector(tokenizer, forget, retain, **cfg.detector_kwargs(),
-                                                           fmt=fmt, method=self.name)
+        if report is not None:
+            summary["classifier"] = report
         return prompt.bake(model, detector).to(device), summary

@@ -202,6 +202,7 @@ class UOE(FinetuneMethod):
     summary = "unlearn only the expert the router picks most for the forget set; anchor the router to it"
     Config = UOEConfig
     uses_retain = True  # as the chosen loss (set per instance)
+    needs_moe = True
 
     def __init__(self, config: UOEConfig | None = None) -> None:
         super().__init__(config)
