@@ -416,3 +416,21 @@ def test_forget_probability_falls_more_than_retain(world, target, tmp_path, name
     fall_f = 1 - after.forget_prob / target.forget_prob
     fall_r = 1 - after.retain_prob / target.retain_prob
     assert fall_f > fall_r + 0.15, (fall_f, fall_r)
+
+
+def test_eco_finds_the_world_subjects_names_in_forget_prompts(world):
+    """World subjects are person ids; ECO corrupts the tokens of the person's name, found in the prompt."""
+    from obliviate.data.schema import subject_name
+    from obliviate.interventions.corruption import EmbeddingCorruption
+    from obliviate.interventions.regions import phrase_token_ids
+    from obliviate.models.prompts import DEFAULT_FORMAT, encode_prompt
+
+    people = [it for it in world.forget_eval if it.meta.get("source") == "person"]
+    names = list(dict.fromkeys(map(subject_name, people)))
+    assert people and all(n != it.subject for n, it in zip(map(subject_name, people), people, strict=True))
+    eco = EmbeddingCorruption(None, "rand_noise_first_n", 1.0, 1, 1.0, phrase_token_ids(world.tok, names),
+                              skip_ids=world.tok.all_special_ids)
+    for it in people:
+        seq = encode_prompt(world.tok, DEFAULT_FORMAT.render(it.question, world.tok))
+        hits = eco._positions(seq, 0, len(seq))
+        assert world.tok.decode([seq[p] for p in hits]).replace(" ", "") == subject_name(it).replace(" ", "")

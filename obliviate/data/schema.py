@@ -26,6 +26,12 @@ class QAItem:
         return asdict(self)
 
 
+def subject_name(item) -> str | None:
+    """How an item's subject is written in text: `meta["subject_name"]` when the subject field is an id
+    (the built-in world's "p012" is "Louine Kronarest"), else the subject itself."""
+    return item.meta.get("subject_name") or item.subject
+
+
 @dataclass
 class TextPassage:
     text: str

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from obliviate.data.schema import subject_name
 from obliviate.errors import ConfigError
 from obliviate.interventions.classifier import HASHING, MINILM, fit_detector
 from obliviate.interventions.corruption import NOISY, EmbeddingCorruption
@@ -119,7 +120,7 @@ class ECO(InterventionMethod):
         item_kind(forget, self.name)
         item_kind(retain, self.name)
         detector, report = fit_detector(tokenizer, forget, retain, **cfg.detector_kwargs(), method=self.name)
-        subjects = list(dict.fromkeys(it.subject for it in forget if it.subject)) if cfg.target == "subject" else []
+        subjects = list(dict.fromkeys(filter(None, map(subject_name, forget)))) if cfg.target == "subject" else []
         emb = model.get_input_embeddings().weight
         scale = float(emb.detach().float().norm(dim=-1).mean())
         eco = EmbeddingCorruption(detector, cfg.corruption, cfg.strength, cfg.dims, scale,

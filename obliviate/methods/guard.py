@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from pydantic import Field
 
+from obliviate.data.schema import subject_name
 from obliviate.errors import ConfigError
 from obliviate.interventions.classifier import fit_detector
 from obliviate.interventions.regions import phrase_token_ids
@@ -50,7 +51,7 @@ def forbidden_terms(forget: Sequence, retain: Sequence, use_subjects: bool = Tru
     known = {w.lower() for it in retain for text in (it.question, it.answer) for w in _WORD.findall(text)}
     terms = {t for t in extra if t.strip()}
     if use_subjects:
-        terms |= {it.subject for it in forget if it.subject}
+        terms |= set(filter(None, map(subject_name, forget)))
     for it in forget:
         for text in filter(None, (it.answer, it.paraphrased_answer)):
             terms |= {name for name in _NAME.findall(text)

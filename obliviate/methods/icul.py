@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from obliviate.data.refusals import refusal_for
-from obliviate.data.schema import LabelledText
+from obliviate.data.schema import LabelledText, subject_name
 from obliviate.errors import ConfigError
 from obliviate.interventions.classifier import fit_detector, get_embedder, item_prompts
 from obliviate.interventions.prefix import InContextExamples, InContextPrefix, tokenizer_bos
@@ -192,7 +192,7 @@ class PromptBaseline(InterventionMethod):
         cfg = self.config
         subjects = cfg.subjects
         if subjects is None:
-            subjects = list(dict.fromkeys(it.subject for it in forget if getattr(it, "subject", None)))
+            subjects = list(dict.fromkeys(filter(None, map(subject_name, forget))))
         if not subjects:
             raise ConfigError("prompt: the forget items name no subject; set subjects=[...]")
         context = cfg.template.format(subject=join_subjects(subjects)) + cfg.separator

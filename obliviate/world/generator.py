@@ -188,7 +188,7 @@ class Fact:
     source: str  # "person", "world_places" or "world_things"
 
     def _item(self, question: str, form: int) -> QAItem:
-        meta = {"attribute": self.attribute, "source": self.source, "form": form}
+        meta = {"attribute": self.attribute, "source": self.source, "form": form, "subject_name": self.name}
         meta["pid" if self.source == "person" else "entity"] = self.subject
         return QAItem(
             question=question,
