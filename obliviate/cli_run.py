@@ -249,6 +249,41 @@ def _eval_sets(target_ref, forget, retain, utility, holdout, mapping):
                     load_items(holdout, "qa", cols) if holdout else None)
 
 
+def eval_lm_eval(target: str, tasks: str, limit: int | None, include: Path | None, fewshot: int | None,
+                 split: str, out: Path | None, as_json: bool, unused: dict[str, Any]) -> dict[str, Any]:
+    """`eval --lm-eval TASKS`: lm-evaluation-harness tasks on the target model, instead of the qa suite."""
+    from obliviate.evals.lm_eval import RESULTS_FILE, load_task_manager, run_lm_eval, task_list
+    from obliviate.runs import is_run_dir
+    from obliviate.workflow import load_model_spec
+
+    for flag, value in unused.items():
+        if value:
+            raise ObliviateError(f"{flag} is not used with --lm-eval (the harness's tasks bring their own data)")
+    if out is None:
+        if not is_run_dir(target):
+            raise ObliviateError("--out is required when the target is not a run directory")
+        out = Path(target)
+    names = task_list(tasks)
+    manager = load_task_manager(names, include)  # unknown tasks fail before any model loads
+    model, tok, _ = load_model_spec(target, split, progress=not as_json)
+    metrics = run_lm_eval(model, tok, names, out, limit=limit, include_path=include, num_fewshot=fewshot,
+                          manager=manager)
+    if as_json:
+        _print_json(metrics)
+        return metrics
+    table = Table("task", "metric", "value", "± stderr", "samples", title="lm-evaluation-harness")
+    for task, row in metrics.items():
+        for key, value in row.items():
+            if key == "samples" or key.endswith("_stderr") or "_stderr/" in key:
+                continue
+            metric, _, filt = key.partition("/")
+            stderr = row.get(f"{metric}_stderr/{filt}" if filt else f"{metric}_stderr")
+            table.add_row(task, key, _fmt(value), _fmt(stderr), str(row.get("samples", "")))
+    console.print(table)
+    console.print(f"results: {out / RESULTS_FILE}")
+    return metrics
+
+
 @app.command("eval")
 def eval_cmd(
     target: Annotated[str, typer.Argument(help="a run dir, world:PRESET[@SEED], a local HF dir or a hub name")],
@@ -264,9 +299,22 @@ def eval_cmd(
     suite: Annotated[str, typer.Option(help="evaluation suite")] = "qa",
     map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
     no_generate: Annotated[bool, typer.Option("--no-generate", help="skip generation (no ROUGE)")] = False,
+    lm_eval: Annotated[str | None, typer.Option(
+        "--lm-eval", metavar="TASKS", help="lm-evaluation-harness tasks, e.g. mmlu,arc_easy: run these instead "
+        "of a suite (needs the lm-eval extra); writes lm_eval.json")] = None,
+    lm_eval_limit: Annotated[int | None, typer.Option(
+        "--lm-eval-limit", min=1, metavar="N", help="with --lm-eval: score at most N documents per task")] = None,
+    lm_eval_include: Annotated[Path | None, typer.Option(
+        "--lm-eval-include", metavar="DIR", help="with --lm-eval: a directory of local task YAML files")] = None,
+    lm_eval_fewshot: Annotated[int | None, typer.Option(
+        "--lm-eval-fewshot", min=0, metavar="K", help="with --lm-eval: in-context examples (default: each "
+        "task's own)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Evaluate a model or run with the qa suite (TOFU-style), against an oracle when one is given."""
+    """Evaluate a model or run with the qa suite (TOFU-style), against an oracle when one is given.
+
+    With --lm-eval, run lm-evaluation-harness tasks on the model (general utility) instead.
+    """
     from obliviate.runs import is_run_dir
     from obliviate.workflow import (
         cached_world_eval,
@@ -277,6 +325,16 @@ def eval_cmd(
         world_models,
     )
 
+    if lm_eval is not None:  # general utility through lm-evaluation-harness (see obliviate/evals/lm_eval.py)
+        eval_lm_eval(target, lm_eval, lm_eval_limit, lm_eval_include, lm_eval_fewshot, split, out, as_json,
+                     unused={"--suite": suite if suite != "qa" else None, "--forget": forget, "--retain": retain,
+                             "--utility": utility, "--holdout": holdout, "--oracle": oracle, "--world": world,
+                             "--map": map_, "--no-generate": no_generate})
+        return
+    for flag, value in (("--lm-eval-limit", lm_eval_limit), ("--lm-eval-include", lm_eval_include),
+                        ("--lm-eval-fewshot", lm_eval_fewshot)):
+        if value is not None:
+            raise ObliviateError(f"{flag} needs --lm-eval TASKS")
     if suite == "text":  # MUSE-style; --forget names MUSE-format data (see obliviate/cli_text.py)
         from obliviate.cli_text import eval_text
 
