@@ -201,9 +201,23 @@ def unlearn(
     resume: Annotated[bool, typer.Option(help="continue a stopped run from its last checkpoint")] = False,
     lora: Annotated[str | None, typer.Option(help="train a LoRA adapter: r=8,alpha=16,targets=all-linear")] = None,
     merge: Annotated[bool, typer.Option(help="with --lora: save merged full weights, not the adapter")] = False,
+    ref: Annotated[str | None, typer.Option(
+        help="reference model π_ref (NPO, KL, IdkDPO, ...): adapter (LoRA switched off), precompute (cache its "
+             "forget-set log-probs once, no model held), copy (a frozen copy) or auto")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Unlearn a forget set from a model; writes a run directory."""
+    if ref is not None:
+        from typing import get_args
+
+        from obliviate.methods import get_method
+        from obliviate.train.reference import RefMode
+
+        if ref not in get_args(RefMode):
+            raise ObliviateError(f"--ref {ref}: choose one of {', '.join(get_args(RefMode))}")
+        if "ref" not in get_method(method).Config.model_fields:
+            raise ObliviateError(f"--ref: method '{method}' uses no reference model")
+        set_ = [*(set_ or []), f"ref={ref}"]
     summary = run_unlearn(method, model, out, forget, retain, split, set_, config, map_, strict, resume,
                           progress=not as_json, lora=lora, merge=merge)
     from accelerate import PartialState

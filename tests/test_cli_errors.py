@@ -97,3 +97,23 @@ def test_missing_model_path(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(["eval", str(tmp_path / "nothing"), "--forget", "x", "--retain", "y", "--out",
                             str(tmp_path / "o")], monkeypatch, capsys)
     _assert_one_line_error(code, err, "nothing")
+
+
+def test_ref_flag_sets_the_reference_model_or_explains(tmp_path, monkeypatch, capsys, good_rows):
+    from obliviate.models.loading import save_model
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    save_model(make_tiny_llama(), build_tiny_tokenizer(), tmp_path / "base")
+    capsys.readouterr()  # the save's progress bar
+    forget = _write_jsonl(tmp_path / "forget.jsonl", good_rows[:1])
+    retain = _write_jsonl(tmp_path / "retain.jsonl", good_rows[1:])
+    base = ["unlearn", "--model", str(tmp_path / "base"), "--forget", str(forget), "--retain", str(retain),
+            "--out", str(tmp_path / "run"), "--set", "max_steps=1"]
+    code, _, err = run_cli([*base, "--method", "ga", "--ref", "copy"], monkeypatch, capsys)
+    _assert_one_line_error(code, err, "--ref", "'ga' uses no reference model")
+    code, _, err = run_cli([*base, "--method", "npo", "--ref", "cpy"], monkeypatch, capsys)
+    _assert_one_line_error(code, err, "--ref cpy", "precompute")
+    code, _, err = run_cli([*base, "--method", "npo", "--ref", "precompute", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
+    assert config["method_config"]["ref"] == "precompute", config.keys()
