@@ -6,6 +6,8 @@
 - `tiny_llama`: a 2-layer `LlamaForCausalLM`, hidden 32, vocab 300, eval mode, seed 0.
 - `tiny_gpt2`: a 2-layer `GPT2LMHeadModel` of the same size, for a second architecture.
 - `make_tiny_llama(**overrides)`: the factory behind `tiny_llama`, for tests needing other sizes.
+
+Plain helpers that test modules import (the CLI runner, shared QA sets, ...) are in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -74,52 +76,36 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_tiny_llama(vocab_size: int = TINY_VOCAB, seed: int = 0, **overrides) -> LlamaForCausalLM:
-    config = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    config.update(overrides)
+# Every tiny model names the tokenizer's special tokens by the same ids (see SPECIAL_TOKENS).
+SPECIAL_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# The Llama sizes, shared by the Mixtral-style model (which adds its experts).
+LLAMA_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+
+
+def _build(model_cls, config_cls, config: dict, seed: int, overrides: dict):
+    """`model_cls` on `config` updated by `overrides`, its weights drawn after seeding torch with `seed`; eval mode."""
+    config = {**config, **overrides}
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**config)).eval()
+    return model_cls(config_cls(**config)).eval()
+
+
+def make_tiny_llama(vocab_size: int = TINY_VOCAB, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    config = dict(vocab_size=vocab_size, **LLAMA_SIZES, **SPECIAL_IDS)
+    return _build(LlamaForCausalLM, LlamaConfig, config, seed, overrides)
 
 
 def make_tiny_gpt2(vocab_size: int = TINY_VOCAB, seed: int = 0, **overrides) -> GPT2LMHeadModel:
-    config = dict(
-        vocab_size=vocab_size,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_positions=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    config.update(overrides)
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(**config)).eval()
+    config = dict(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256, **SPECIAL_IDS)
+    return _build(GPT2LMHeadModel, GPT2Config, config, seed, overrides)
 
 
 def make_tiny_mixtral(vocab_size: int = TINY_VOCAB, seed: int = 0, **overrides):
     """A 2-layer Mixtral-style mixture of experts of the same size: 4 experts, top-2 routing."""
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    config = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                  max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                  tie_word_embeddings=False)
-    config.update(overrides)
-    torch.manual_seed(seed)
-    return MixtralForCausalLM(MixtralConfig(**config)).eval()
+    config = dict(vocab_size=vocab_size, **LLAMA_SIZES, num_local_experts=4, num_experts_per_tok=2, **SPECIAL_IDS)
+    return _build(MixtralForCausalLM, MixtralConfig, config, seed, overrides)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -26,23 +25,12 @@ from obliviate.attacks.quantize import rtn_quantise
 from obliviate.attacks.relearn import Relearn, relearn_ratio, split_facts
 from obliviate.attacks.runner import Subjects, attack_configs, run_attacks
 from obliviate.attacks.summary import robustness_summary, write_attack_results
-from obliviate.cli import main
 from obliviate.data.schema import QAItem
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.io import read_json, read_jsonl, write_json
+from tests.helpers import run_cli
 
 CHANCE = 1 / 6  # the world's facts have 5 wrong alternatives
-
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["obliviate", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # -- the recovery measure on hand-made numbers ------------------------------------------------------

@@ -28,6 +28,7 @@ from obliviate.bench.leaderboard import log_t_interval
 from obliviate.bench.spec import ANCHORS, COMPLETE, RESULT, Cell
 from obliviate.cli import main
 from obliviate.io import read_json, write_json
+from tests.helpers import run_cli
 
 # Student-t quantiles t(0.975, df) from a printed table (not from scipy, which the code uses).
 T975 = {1: 12.706, 2: 4.303}
@@ -182,17 +183,6 @@ def test_a_second_bench_in_the_same_directory_is_refused(tmp_path, monkeypatch):
 
 
 # -- command-line errors -------------------------------------------------------------------------------------------
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["obliviate", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 @pytest.mark.parametrize("args, message", [
     (["--methods", "ga,nope"], "unknown method 'nope'"),

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from obliviate.cli import main
 from obliviate.compare import aggregate_runs, compare_runs, holm, paired_test, world_seed_spec
 from obliviate.errors import ObliviateError
-
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["obliviate", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.helpers import run_cli
 
 
 def make_run(path, sets: dict[str, dict[str, np.ndarray]], aggregates=None, hashes=None, subjects=None):

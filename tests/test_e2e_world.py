@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from obliviate.cli import main
+from tests.helpers import run_cli
 
 
-def run_cli(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["obliviate", *args])
-    try:
-        main()
-    except SystemExit as exc:
-        assert exc.code in (0, None), capsys.readouterr().err
-    return capsys.readouterr().out
+def run_ok(args, monkeypatch, capsys) -> str:
+    """Run the command line, which must succeed; its stdout."""
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    return out
 
 
 @pytest.mark.slow
 def test_demo_forgets_and_keeps_utility(tmp_path, monkeypatch, capsys, world_home):
-    out = run_cli(["demo", "--preset", "tiny", "--out", str(tmp_path / "demo"), "--json"], monkeypatch, capsys)
+    out = run_ok(["demo", "--preset", "tiny", "--out", str(tmp_path / "demo"), "--json"], monkeypatch, capsys)
     models = json.loads(out)["models"]
     target, unlearned, oracle = models["target"], models["graddiff"], models["oracle (retrain)"]
     # It forgot: forget-set probability and ROUGE fall well below the target's...
@@ -39,9 +36,9 @@ def test_demo_forgets_and_keeps_utility(tmp_path, monkeypatch, capsys, world_hom
 @pytest.mark.slow
 def test_unlearn_then_eval_run_dir(tmp_path, monkeypatch, capsys, world_home):
     run = tmp_path / "ga"
-    run_cli(["unlearn", "--method", "ga", "--model", "world:tiny", "--out", str(run), "--set", "epochs=2",
-             "--json"], monkeypatch, capsys)
-    out = run_cli(["eval", str(run), "--json"], monkeypatch, capsys)
+    run_ok(["unlearn", "--method", "ga", "--model", "world:tiny", "--out", str(run), "--set", "epochs=2",
+            "--json"], monkeypatch, capsys)
+    out = run_ok(["eval", str(run), "--json"], monkeypatch, capsys)
     result = json.loads(out)
     agg = result["aggregates"]
     assert {"forget_quality", "model_utility", "forget/probability", "mia/loss_auc"} <= set(agg)

@@ -21,7 +21,6 @@ from obliviate.data.schema import LabelledText, QAItem
 from obliviate.errors import ObliviateError
 from obliviate.evals.qa import run_qa_suite
 from obliviate.interventions import load_intervention
-from obliviate.interventions.base import Intervention, call_model
 from obliviate.interventions.classifier import PromptClassifier, conformal_threshold
 from obliviate.interventions.corruption import corrupt
 from obliviate.interventions.logit_diff import LogitDifference, combine_logits, decoder_layers, truncated_model
@@ -39,6 +38,7 @@ from obliviate.models.scoring import score_continuations, score_qa
 from obliviate.train.data import IGNORE, UnlearnBatch, collate, encode_items
 from obliviate.train.losses import ce_loss
 from tests.conftest import build_tiny_tokenizer, make_tiny_gpt2, make_tiny_llama
+from tests.helpers import Identity
 
 FORGET = [
     QAItem("Where was Mara Lind born?", "She was born in Oslo, Norway.", "She was born in Oslo.",
@@ -116,23 +116,6 @@ def _probs(model, tok, items) -> np.ndarray:
 
 def _state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-class Identity(Intervention):
-    """Runs the model as is: the wrapper's own plumbing under test."""
-
-    kind = "identity"
-
-    def run(self, wrapped, input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep,
-            output_hidden_states, inputs_embeds):
-        return call_model(wrapped.base, logits_to_keep, input_ids=input_ids, inputs_embeds=inputs_embeds,
-                          attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=past_key_values, use_cache=use_cache,
-                          output_hidden_states=output_hidden_states)
-
-    @classmethod
-    def from_state(cls, config, tensors, model, tokenizer):
-        return cls()
 
 
 def _prompts(tok, items=FORGET + RETAIN):

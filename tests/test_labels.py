@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from obliviate.errors import ConfigError
 from obliviate.evals.labels import LabelScores, aggregate_labels, score_labelled, weighted_f1_rows
 from obliviate.models.prompts import DEFAULT_FORMAT
 from obliviate.world import reviews as R
+from tests.helpers import run_cli
 
 # A few real brand names the invented product names must avoid (independent of the generator's list).
 REAL_BRANDS = {"apple", "sony", "philips", "bosch", "samsung", "canon", "nikon", "ikea", "dyson", "braun"}
@@ -196,29 +196,16 @@ def test_target_learns_and_memorises_and_the_oracle_does_not(task_evals):
     assert abs(oracle["mia/loss_auc"]["value"] - 0.5) < 0.15
 
 
-def _run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    from obliviate.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["obliviate", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_eval_labels(task_models, tmp_path, monkeypatch, capsys):
-    code, out, err = _run_cli(["eval", "reviews:tiny@0/random", "--suite", "labels", "--out", str(tmp_path),
-                               "--json"], monkeypatch, capsys)
+    code, out, err = run_cli(["eval", "reviews:tiny@0/random", "--suite", "labels", "--out", str(tmp_path),
+                              "--json"], monkeypatch, capsys)
     assert code == 0, err
     payload = json.loads(out[out.index("{"):])
     assert payload["suite"] == "labels" and "mia/loss_auc" in payload["aggregates"]
     assert payload["reference"]["oracle"]["forget_train/accuracy"]["value"] < 1.0
     assert (tmp_path / "labels_results.json").is_file() and (tmp_path / "labels_items.jsonl").is_file()
-    code, _, err = _run_cli(["eval", "reviews:tiny@0", "--suite", "labels", "--world", "reviews:huge", "--out",
-                             str(tmp_path)], monkeypatch, capsys)
+    code, _, err = run_cli(["eval", "reviews:tiny@0", "--suite", "labels", "--world", "reviews:huge", "--out",
+                            str(tmp_path)], monkeypatch, capsys)
     assert code == 2 and "unknown reviews preset" in err and len(err.strip().splitlines()) == 1
 
 

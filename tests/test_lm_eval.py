@@ -18,39 +18,18 @@ import numpy as np
 import pytest
 import yaml
 
-from obliviate.cli import main
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.evals.lm_eval import RESULTS_FILE, evaluate_with_harness, run_lm_eval
-from obliviate.interventions.base import Intervention, call_model
 from obliviate.interventions.prefix import InContextPrefix
 from obliviate.io import read_json
 from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+from tests.helpers import Identity, assert_one_line_error, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lm_eval"
 DATA = FIXTURES / "tiny_qa.jsonl"
 MC, GEN = "obliviate_tiny_mc", "obliviate_tiny_gen"
 N_DOCS = sum(1 for line in DATA.read_text().splitlines() if line.strip())
 CONTEXT = "The quick brown fox jumps over the lazy dog."
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["obliviate", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _assert_one_line_error(code, err, *fragments):
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture(autouse=True)
@@ -82,23 +61,6 @@ def tasks_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_tok():
     return make_tiny_llama(), build_tiny_tokenizer()
-
-
-class Identity(Intervention):
-    """Runs the model as is: only the wrapper's plumbing is between the harness and the model."""
-
-    kind = "identity"
-
-    def run(self, wrapped, input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep,
-            output_hidden_states, inputs_embeds):
-        return call_model(wrapped.base, logits_to_keep, input_ids=input_ids, inputs_embeds=inputs_embeds,
-                          attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=past_key_values, use_cache=use_cache,
-                          output_hidden_states=output_hidden_states)
-
-    @classmethod
-    def from_state(cls, config, tensors, model, tokenizer):
-        return cls()
 
 
 def _samples(raw, task):
@@ -172,7 +134,7 @@ def test_cli_eval_lm_eval_on_a_model_dir_and_an_intervention_run(model_tok, task
 def test_unknown_task_is_one_line_naming_the_close_ones(tasks_dir, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(["eval", str(tmp_path), "--lm-eval", "obliviate_tiny_mx", "--lm-eval-include",
                             str(tasks_dir), "--out", str(tmp_path / "out")], monkeypatch, capsys)
-    _assert_one_line_error(code, err, "unknown lm-eval task(s): obliviate_tiny_mx", MC, "lm-eval ls tasks")
+    assert_one_line_error(code, err, "unknown lm-eval task(s): obliviate_tiny_mx", MC, "lm-eval ls tasks")
     assert not (tmp_path / "out").exists()
 
 
@@ -194,7 +156,7 @@ def test_a_task_that_runs_generated_code_is_refused(model_tok, tmp_path):
 ])
 def test_bad_lm_eval_options_are_one_line(args, fragment, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(["eval", str(tmp_path), "--out", str(tmp_path / "out"), *args], monkeypatch, capsys)
-    _assert_one_line_error(code, err, fragment)
+    assert_one_line_error(code, err, fragment)
 
 
 def test_missing_lm_eval_package_names_the_extra(model_tok, tmp_path, monkeypatch, capsys):
@@ -203,4 +165,4 @@ def test_missing_lm_eval_package_names_the_extra(model_tok, tmp_path, monkeypatc
         run_lm_eval(*model_tok, [MC], tmp_path)
     code, _, err = run_cli(["eval", str(tmp_path), "--lm-eval", MC, "--out", str(tmp_path / "out")],
                            monkeypatch, capsys)
-    _assert_one_line_error(code, err, "pip install 'obliviate[lm-eval]'")
+    assert_one_line_error(code, err, "pip install 'obliviate[lm-eval]'")

@@ -27,14 +27,9 @@ from obliviate.methods.simnpo import SimNPO
 from obliviate.train.data import IGNORE, UnlearnBatch, collate, encode_items
 from obliviate.train.reference import Reference
 from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+from tests.helpers import FORGET
 
-FORGET = [
-    QAItem("Where was the author born?", "She was born in Oslo, Norway."),
-    QAItem("Who wrote the book about the blue whale?", "Mara Lind wrote it in 1998."),
-    QAItem("What genre does the author write?", "He writes science fiction and poetry."),
-    QAItem("When did the river flood the old town?", "It flooded in the spring of 1921."),
-]
-RETAIN = [
+RETAIN = [  # this module's own retain set (three items), next to the shared forget set
     QAItem("What is the capital of France?", "The capital of France is Paris."),
     QAItem("Who met in London?", "Alice and Bob met in London."),
     QAItem("How did they travel?", "They travelled to Rome, Berlin and Madrid by train."),
@@ -149,6 +144,17 @@ def _sigmoid_log(x):
     return torch.log(1.0 / (1.0 + torch.exp(-x)))
 
 
+def _start_then_perturb(method, model, tok, index=(2, 0)):
+    """Keep a copy of `model`, set `method` up on it, then perturb it: (the copy, an unlearn batch).
+
+    The copy is π_ref as `setup` saw it; after the perturbation π_θ ≠ π_ref, so reference terms are non-trivial.
+    """
+    start = copy.deepcopy(model)
+    method.setup(model, tok, FORGET, RETAIN)
+    _perturb(model)
+    return start, _unlearn_batch(tok, index=index)
+
+
 # ---- (a) loss logged, every trainable parameter moves, frozen ones do not ---------------------
 
 
@@ -213,10 +219,7 @@ def test_flat_raises_refusal_probability_and_lowers_forget_probability(memorised
 
 def test_kl_formula(memorised, tiny_tokenizer):
     method = _method("kl", alpha=0.7, ref="copy")
-    start = copy.deepcopy(memorised)
-    method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
-    _perturb(memorised)
-    batch = _unlearn_batch(tiny_tokenizer)
+    start, batch = _start_then_perturb(method, memorised, tiny_tokenizer)
     kl = _hand_kl(memorised, start, batch.retain)
     assert kl > 1e-4  # the perturbation makes the term non-trivial
     expected = -_mean_nll(memorised, batch.forget).mean() + 0.7 * kl
@@ -227,10 +230,7 @@ def test_kl_formula(memorised, tiny_tokenizer):
 def test_npo_formula(retain_loss, memorised, tiny_tokenizer):
     beta, alpha = 0.5, 0.3
     method = _method("npo", beta=beta, alpha=alpha, retain_loss=retain_loss)
-    start = copy.deepcopy(memorised)
-    method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
-    _perturb(memorised)
-    batch = _unlearn_batch(tiny_tokenizer)
+    start, batch = _start_then_perturb(method, memorised, tiny_tokenizer)
     ratio = _seq_logp(memorised, batch.forget) - _seq_logp(start, batch.forget)
     expected = -(2 / beta) * _sigmoid_log(-beta * ratio).mean()
     if retain_loss == "gd":
@@ -275,10 +275,7 @@ def test_idk_sft_formula_and_refusals_follow_the_forget_rows(memorised, tiny_tok
 def test_idk_dpo_formula(ref, memorised, tiny_tokenizer):
     beta, alpha = 0.1, 0.8
     method = _method("idk_dpo", beta=beta, alpha=alpha, ref=ref)
-    start = copy.deepcopy(memorised)
-    method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
-    _perturb(memorised)
-    batch = _unlearn_batch(tiny_tokenizer, index=(1, 3))
+    start, batch = _start_then_perturb(method, memorised, tiny_tokenizer, index=(1, 3))
     win, lose = _refusal_batch(tiny_tokenizer, (1, 3)), batch.forget
     margin = (_seq_logp(memorised, win) - _seq_logp(start, win)) - (
         _seq_logp(memorised, lose) - _seq_logp(start, lose))

@@ -30,17 +30,8 @@ from obliviate.methods.whp import WHP, find_anchors, generic_name, swap_anchors
 from obliviate.train.data import UnlearnBatch, collate, encode_items
 from obliviate.train.swd import sliced_wasserstein
 from tests.conftest import make_tiny_gpt2, make_tiny_llama
+from tests.helpers import FORGET, RETAIN
 
-FORGET = [
-    QAItem("Where was the author born?", "She was born in Oslo, Norway."),
-    QAItem("Who wrote the book about the blue whale?", "Mara Lind wrote it in 1998."),
-    QAItem("What genre does the author write?", "He writes science fiction and poetry."),
-    QAItem("When did the river flood the old town?", "It flooded in the spring of 1921."),
-]
-RETAIN = [
-    QAItem("What is the capital of France?", "The capital of France is Paris."),
-    QAItem("Where was the author born?", "Alice and Bob met in London."),
-]
 _WORDS = "quick brown fox lazy dog red cat warm mat blue whale river old town book movie film story actor music".split()
 # 40 retain items (so the forget set is under 10% of the data, as SSD's default α = 10 needs).
 RETAIN_MANY = [

@@ -8,22 +8,11 @@ import pytest
 import torch
 
 from obliviate.config import build_config, parse_overrides
-from obliviate.data.schema import QAItem
 from obliviate.errors import ConfigError
 from obliviate.methods import METHODS, get_method
 from obliviate.train.data import encode_items
 from obliviate.train.losses import answer_nll
-
-FORGET = [
-    QAItem("Where was the author born?", "She was born in Oslo, Norway."),
-    QAItem("Who wrote the book about the blue whale?", "Mara Lind wrote it in 1998."),
-    QAItem("What genre does the author write?", "He writes science fiction and poetry."),
-    QAItem("When did the river flood the old town?", "It flooded in the spring of 1921."),
-]
-RETAIN = [
-    QAItem("What is the capital of France?", "The capital of France is Paris."),
-    QAItem("Where was the author born?", "Alice and Bob met in London."),
-]
+from tests.helpers import FORGET, RETAIN, assert_same_parameters, kill_then_resume
 
 
 def _forget_nll(model, tok) -> float:
@@ -58,10 +47,6 @@ def test_forget_nll_rises(name, tiny_llama, tiny_tokenizer, tmp_path):
     assert _forget_nll(tiny_llama, tiny_tokenizer) > start + 0.5
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_resume_matches_uninterrupted_run(tiny_tokenizer, tmp_path):
     from tests.conftest import make_tiny_llama
 
@@ -70,24 +55,10 @@ def test_resume_matches_uninterrupted_run(tiny_tokenizer, tmp_path):
     full = make_tiny_llama()
     cls(cfg).unlearn(full, tiny_tokenizer, FORGET, RETAIN, tmp_path / "a", progress=False)
 
-    class DiesAtStep5(cls):
-        calls = 0
-
-        def compute_loss(self, model, batch):
-            DiesAtStep5.calls += 1
-            if DiesAtStep5.calls == 5:
-                raise _Killed
-            return super().compute_loss(model, batch)
-
     run = tmp_path / "b"
-    with pytest.raises(_Killed):
-        DiesAtStep5(cfg).unlearn(make_tiny_llama(), tiny_tokenizer, FORGET, RETAIN, run, progress=False)
-    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 3
-    resumed = make_tiny_llama(seed=1)  # different start: everything must come from the checkpoint
-    summary = cls(cfg).unlearn(resumed, tiny_tokenizer, FORGET, RETAIN, run, progress=False, resume=True)
+    resumed, summary = kill_then_resume(cls, cfg, make_tiny_llama, tiny_tokenizer, run, kill_at=5, saved_at=3)
     assert summary["resumed_from"] == 3 and summary["steps"] == 8
-    for (n, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6), n
+    assert_same_parameters(full, resumed)
     assert not (run / "checkpoint").exists()
 
 

@@ -7,28 +7,16 @@ oracles (trained once per session in the shared `world_home` cache).
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from obliviate.cli import main
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.io import read_jsonl
 from obliviate.protocols import plan_protocol, run_protocol
 from obliviate.world import get_world
+from tests.helpers import run_cli
 
 GA = ["--method", "ga", "--model", "world:tiny", "--splits", "forget05,forget10", "--set", "max_steps=3"]
-
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["obliviate", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def forget_subjects(run_dir) -> set[str]:

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from obliviate import metrics as M
-from obliviate.cli import main
 from obliviate.data.adapters.muse import MuseData, load_muse
 from obliviate.data.schema import QAItem, TextPassage
 from obliviate.errors import DataError
@@ -26,19 +25,9 @@ from obliviate.evals.text import (
     run_text_suite,
     verbmem_scores,
 )
+from tests.helpers import assert_one_line_error, run_cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "muse"
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["obliviate", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # -- PrivLeak: formula and orientation --------------------------------------------------------------------
@@ -212,9 +201,7 @@ def test_cli_bad_muse_data_is_one_line_with_exit_code_2(tmp_path, monkeypatch, c
     bad.write_text('[{"question": "Q1", "answer": "A1"}, {"answer": "A2"}]')
     code, _, err = run_cli(["eval", "no-such-model", "--suite", "text", "--forget", str(root),
                             "--out", str(tmp_path / "out")], monkeypatch, capsys)
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err
-    assert f"{bad}:2: field 'question' missing" in lines[0]
+    assert_one_line_error(code, err, f"{bad}:2: field 'question' missing")
     code, _, err = run_cli(["eval", "no-such-model", "--suite", "text", "--retain", "r.jsonl",
                             "--out", str(tmp_path / "out")], monkeypatch, capsys)
     assert code == 2 and "--retain is not used by the text suite" in err

@@ -17,23 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from obliviate.config import build_config, parse_overrides
-from obliviate.data.schema import QAItem
 from obliviate.errors import ConfigError
 from obliviate.methods.uoe import UOE, UOEConfig
 from obliviate.train.data import UnlearnBatch, collate, encode_items
 from obliviate.train.losses import answer_nll
 from tests.conftest import make_tiny_mixtral
-
-FORGET = [
-    QAItem("Where was the author born?", "She was born in Oslo, Norway."),
-    QAItem("Who wrote the book about the blue whale?", "Mara Lind wrote it in 1998."),
-    QAItem("What genre does the author write?", "He writes science fiction and poetry."),
-    QAItem("When did the river flood the old town?", "It flooded in the spring of 1921."),
-]
-RETAIN = [
-    QAItem("What is the capital of France?", "The capital of France is Paris."),
-    QAItem("Where was the author born?", "Alice and Bob met in London."),
-]
+from tests.helpers import FORGET, RETAIN, assert_same_parameters, kill_then_resume
 
 
 def _batch(tok, items) -> dict[str, torch.Tensor]:
@@ -148,29 +137,12 @@ def test_resume_keeps_the_expert_and_matches_an_uninterrupted_run(tiny_tokenizer
     full = make_tiny_mixtral()
     UOE(cfg).unlearn(full, tiny_tokenizer, FORGET, RETAIN, tmp_path / "a", progress=False)
 
-    class Killed(Exception):
-        pass
-
-    class DiesAtStep5(UOE):
-        calls = 0
-
-        def compute_loss(self, model, batch):
-            DiesAtStep5.calls += 1
-            if DiesAtStep5.calls == 5:
-                raise Killed
-            return super().compute_loss(model, batch)
-
-    run = tmp_path / "b"
-    with pytest.raises(Killed):
-        DiesAtStep5(cfg).unlearn(make_tiny_mixtral(), tiny_tokenizer, FORGET, RETAIN, run, progress=False)
-    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 3
-    # Another start (whose routing differs): weights and the expert must come from the run directory.
-    resumed = make_tiny_mixtral(seed=1)
-    summary = UOE(cfg).unlearn(resumed, tiny_tokenizer, FORGET, RETAIN, run, progress=False, resume=True)
+    # Resumed on another start (whose routing differs): weights and the expert must come from the run directory.
+    resumed, summary = kill_then_resume(UOE, cfg, make_tiny_mixtral, tiny_tokenizer, tmp_path / "b", kill_at=5,
+                                        saved_at=3)
     assert summary["resumed_from"] == 3 and summary["steps"] == 8
     assert summary["expert"] == json.loads((tmp_path / "a" / "expert.json").read_text())
-    for (n, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6), n
+    assert_same_parameters(full, resumed)
 
 
 def test_config_errors_are_one_line():
