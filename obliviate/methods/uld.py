@@ -6,7 +6,8 @@ small assistant to *remember* the forget set and know nothing else, then subtrac
 
     assistant = target's embeddings + first K layers + final norm + LM head, with LoRA (r 16, α 32,
                 dropout 0.05) on every linear layer of those K layers; K = 8 of 32 layers, scaled
-                to depth (K = round(L/4) by default)
+                to depth (K = round(L/4) by default, and at least 2: on the 4-layer small world a
+                1-layer assistant took model utility to 0.57, a 2-layer one kept 0.85)
     L = CE(D_f ∪ augmentations) + 5.0 · KL(Uniform ‖ p_assist) on D_r
     logits = l_target + w · l̃_assist,  w = −0.8, l̃_assist zeroed where the target's log-prob is
              below max + log r (r = 0.01; `interventions/logit_diff.py`)
@@ -87,7 +88,7 @@ class ULDConfig(FinetuneConfig):
     batch_size: int = Field(8, ge=1, description="forget examples per micro-batch (retain batches match it)")
     grad_accum: int = Field(2, ge=1, description="micro-batches per optimiser step")
     n_layers: int | None = Field(None, ge=1, description="K, the assistant's layers (default: a quarter of the "
-                                 "target's, 8 of 32)")
+                                 "target's, 8 of 32, and at least 2)")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA α (scale α/r)")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
@@ -124,7 +125,8 @@ class ULD(InterventionMethod):
         item_kind(retain, self.name)
         if not forget:
             raise ConfigError("uld: the forget set is empty")
-        n_layers = cfg.n_layers or max(1, round(len(decoder_layers(model)) / 4))
+        depth = len(decoder_layers(model))
+        n_layers = cfg.n_layers or min(depth, max(2, round(depth / 4)))
         torch.manual_seed(cfg.seed)
         uld = LogitDifference.for_model(model, n_layers, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.weight,
                                         cfg.filter_ratio)
