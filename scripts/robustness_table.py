@@ -15,7 +15,7 @@ Cells are the oracle-relative recovery of obliviate.attacks.base with its 95% bo
 no number (reason in the run's attacks.json).
 
     python scripts/robustness_table.py --preset small --split forget10 --seed 0 \
-        --methods ga,graddiff,npo,simnpo,eco --oracle2 [--out docs/robustness.md]
+        --methods all --oracle2 [--out docs/robustness.md]
 
 `--keep DIR` keeps the run directories; `--keep DIR --reuse` renders the tables again from runs already
 attacked there (they do not change the numbers, so the command named in the doc leaves them out).
