@@ -35,7 +35,6 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,16 +51,11 @@ from transformers import (
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from obliviate.models.prompts import encode_pair
+from obliviate.train.data import IGNORE, Encoded, collate
 from obliviate.world.config import MOE, TrainRecipe, check_arch
 from obliviate.world.generator import World
 
-IGNORE = -100
-
-
-@dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]  # IGNORE where no loss is taken
+Example = Encoded  # input_ids, and labels with IGNORE where no loss is taken
 
 
 def qa_examples(tokenizer, items) -> list[Example]:
@@ -138,19 +132,6 @@ def length_buckets(examples: Sequence[Example], batch_tokens: int, rng: random.R
         batches.append(current)
     rng.shuffle(batches)
     return batches
-
-
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def lr_at(step: int, total: int, recipe: TrainRecipe) -> float:
