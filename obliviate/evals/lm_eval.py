@@ -47,8 +47,6 @@ from obliviate.errors import ConfigError, ObliviateError
 from obliviate.io import write_json
 
 RESULTS_FILE = "lm_eval.json"
-# The `lm-eval` extra's requirement, spelled out: the CLI prints errors as rich markup, where
-# "obliviate[lm-eval]" would lose its "[lm-eval]".
 INSTALL_HINT = "pip install 'obliviate[lm-eval]'"
 
 
