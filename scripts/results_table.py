@@ -64,7 +64,8 @@ def main() -> None:
     text = "\n".join([
         "# Results",
         "",
-        ("Every method" if args.methods == "all" else "The methods " + ", ".join(f"`{m}`" for m in spec.methods))
+        ("Every method (but `uoe`, which needs a mixture-of-experts model: see docs/methods.md)"
+         if args.methods == "all" else "The methods " + ", ".join(f"`{m}`" for m in spec.methods))
         + f", each with its default config, on the built-in `{args.preset}` world, forget splits "
         f"{', '.join(f'`{s}`' for s in spec.splits)}, seeds {', '.join(map(str, spec.seeds))} (each seed is its "
         "own world, target and exact-retrain oracle). Regenerate with",
