@@ -11,26 +11,13 @@ The target and oracle rows are the world models themselves, evaluated the same w
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _cli import OBLIVIATE, Failed, run
+
 BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
-
-
-class Failed(Exception):
-    pass
-
-
-def run(cmd: list[str]) -> dict:
-    """Run a CLI command with --json and return its parsed output; Failed carries its error line."""
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")] or ["failed"]
-        raise Failed(lines[-1].removeprefix("error: "))
-    return json.loads(proc.stdout[proc.stdout.index("{"):])
 
 
 def cell(agg: dict, key: str) -> str:
@@ -56,7 +43,7 @@ def main() -> None:
     from obliviate.world import build_world_models
 
     names = list(METHODS) if args.methods == "all" else args.methods.split(",")
-    exe = [sys.executable, "-m", "obliviate"]
+    exe = OBLIVIATE
     # methods that need a mixture-of-experts model (UOE) run on the world's MoE variant, under that
     # variant's own target and oracle rows
     groups = {"llama": [n for n in names if not METHODS[n].needs_moe],

@@ -25,28 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _cli import OBLIVIATE, Failed, run
+
 BEGIN, END = "<!-- robustness-table:begin -->", "<!-- robustness-table:end -->"
 ATTACKS = ("direct", "forms", "jailbreak", "in_context", "stepwise", "quantize", "probe", "relearn")
 DEFAULT_METHODS = "ga,graddiff,npo,simnpo,eco"
-
-
-class Failed(Exception):
-    pass
-
-
-def run(cmd: list[str]) -> dict:
-    """Run a CLI command with --json and return its parsed output; Failed carries its error line."""
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")] or ["failed"]
-        raise Failed(lines[-1].removeprefix("error: "))
-    return json.loads(proc.stdout[proc.stdout.index("{"):])
 
 
 def cell(report: dict | None) -> str:
@@ -134,7 +122,7 @@ def main() -> None:
 
     names = list(METHODS) if args.methods == "all" else args.methods.split(",")
 
-    exe = [sys.executable, "-m", "obliviate"]
+    exe = OBLIVIATE
     world = f"{args.preset}@{args.seed}"
     which = ("target", "oracle", "oracle2") if args.oracle2 else ("target", "oracle")
     models = build_world_models(args.preset, args.seed, args.split, which=which)
