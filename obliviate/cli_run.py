@@ -19,20 +19,6 @@ Seed = Annotated[int, typer.Option(help="world seed")]
 Split = Annotated[str, typer.Option(help="forget split: forget01, forget05 or forget10")]
 Arch = Annotated[str, typer.Option(help="world model architecture: llama, gpt2 or moe (Mixtral-style)")]
 
-# The rows of the side-by-side table: (aggregate key, label).
-SUMMARY_ROWS = [
-    ("forget_quality", "forget quality (KS p-value)"),
-    ("model_utility", "model utility"),
-    ("forget/probability", "forget probability"),
-    ("forget/rouge", "forget ROUGE-L recall"),
-    ("forget/truth_ratio", "forget truth ratio"),
-    ("forget/extraction_strength", "forget extraction strength"),
-    ("retain/probability", "retain probability"),
-    ("retain/rouge", "retain ROUGE-L recall"),
-    ("mia/min_k_auc", "MIA AUC, Min-K% (forget vs holdout)"),
-]
-
-
 def _arrow(agg: dict[str, Any]) -> str:
     return {True: " ↑", False: " ↓"}.get(agg.get("higher_is_better"), "")
 
@@ -40,7 +26,11 @@ def _arrow(agg: dict[str, Any]) -> str:
 def side_by_side(columns: dict[str, dict[str, Any]], title: str) -> Table:
     """One table: a row per headline metric, a column per model (value [CI])."""
     table = Table("metric", *columns, title=title)
-    keys = [(k, label) for k, label in SUMMARY_ROWS if any(k in c for c in columns.values())]
+    from obliviate.metrics.registry import HEADLINE_AGGREGATES  # (imported here: the metrics load scipy)
+
+    # the headline aggregates but the KS statistic
+    keys = [(k, label) for k, label in HEADLINE_AGGREGATES
+            if k != "forget_quality/ks_statistic" and any(k in c for c in columns.values())]
     for key, label in keys:
         first = next(c[key] for c in columns.values() if key in c)
         cells = []

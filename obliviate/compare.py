@@ -44,6 +44,7 @@ from scipy.stats import wilcoxon
 
 from obliviate.errors import ConfigError, DataError, ObliviateError
 from obliviate.io import read_json
+from obliviate.metrics.registry import HEADLINE_AGGREGATES
 from obliviate.metrics.stats import bootstrap_ci
 
 ALPHA = 0.05
@@ -56,19 +57,7 @@ ID_FIELDS = ("set", "index", "subject", "id")
 # next to the raw ratio R, which therefore needs another name here.
 FIELD_ALIASES = {"truth_score": "truth_ratio", "truth_ratio": "truth_ratio_raw"}
 
-# Headline aggregates, in the order the tables show them: (key in results.json, label).
-HEADLINE = [
-    ("forget_quality", "forget quality (KS p-value)"),
-    ("forget_quality/ks_statistic", "forget quality: KS statistic D"),
-    ("model_utility", "model utility"),
-    ("forget/probability", "forget probability"),
-    ("forget/rouge", "forget ROUGE-L recall"),
-    ("forget/truth_ratio", "forget truth ratio"),
-    ("forget/extraction_strength", "forget extraction strength"),
-    ("retain/probability", "retain probability"),
-    ("retain/rouge", "retain ROUGE-L recall"),
-    ("mia/min_k_auc", "MIA AUC, Min-K% (forget vs holdout)"),
-]
+HEADLINE = HEADLINE_AGGREGATES  # (key in results.json, label), in table order
 
 
 # -- reading evaluated runs ---------------------------------------------------------------------------

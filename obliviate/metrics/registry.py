@@ -94,3 +94,18 @@ def get_metric(name: str) -> MetricInfo:
     close = difflib.get_close_matches(name, METRICS, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known: {', '.join(METRICS)}"
     raise ConfigError(f"unknown metric {name!r}; {hint}")
+
+
+# Headline aggregates of a run, in the order tables show them: (key in results.json, label).
+HEADLINE_AGGREGATES = [
+    ("forget_quality", "forget quality (KS p-value)"),
+    ("forget_quality/ks_statistic", "forget quality: KS statistic D"),
+    ("model_utility", "model utility"),
+    ("forget/probability", "forget probability"),
+    ("forget/rouge", "forget ROUGE-L recall"),
+    ("forget/truth_ratio", "forget truth ratio"),
+    ("forget/extraction_strength", "forget extraction strength"),
+    ("retain/probability", "retain probability"),
+    ("retain/rouge", "retain ROUGE-L recall"),
+    ("mia/min_k_auc", "MIA AUC, Min-K% (forget vs holdout)"),
+]
