@@ -1,10 +1,12 @@
-"""Running `obliviate` commands from the table scripts: one subprocess each, its --json output parsed."""
+"""Shared by the table scripts: run `obliviate` commands (one subprocess each, --json output parsed) and
+put a regenerated table into its doc."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 OBLIVIATE = [sys.executable, "-m", "obliviate"]
 
@@ -20,3 +22,14 @@ def run(cmd: list[str]) -> dict:
         lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")] or ["failed"]
         raise Failed(lines[-1].removeprefix("error: "))
     return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+
+def replace_block(doc: Path, begin: str, end: str, block: str, title: str) -> None:
+    """Put `block` (which starts with `begin` and ends with `end`) in place of that block in `doc`,
+    atomically; a missing doc is started with `title` and the block."""
+    from obliviate.io import atomic_open
+
+    text = doc.read_text(encoding="utf-8") if doc.exists() else f"# {title}\n\n{begin}\n{end}\n"
+    start, stop = text.index(begin), text.index(end) + len(end)
+    with atomic_open(doc) as handle:
+        handle.write(text[:start] + block + text[stop:])

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _cli import replace_block
+
 BEGIN, END = "<!-- labels-table:begin -->", "<!-- labels-table:end -->"
 LABELLED = {"spul", "icul"}  # take LabelledText; the others take QA items
 
@@ -156,9 +158,7 @@ def main() -> None:
             "reviews); values with a 95% bootstrap CI over reviews.\n")
     fails = "".join(f"\n- {label} did not run: {why}" for label, why in failures)
     table = f"{BEGIN}\n{head}{body}{note}{fails}\n{END}"
-    text = args.out.read_text(encoding="utf-8") if args.out.exists() else f"# Labelled text\n\n{BEGIN}\n{END}\n"
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    args.out.write_text(text[:start] + table + text[end:], encoding="utf-8")
+    replace_block(args.out, BEGIN, END, table, "Labelled text")
     print(table)
 
 

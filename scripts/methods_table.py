@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _cli import OBLIVIATE, Failed, run
+from _cli import OBLIVIATE, Failed, replace_block, run
 
 BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 
@@ -84,9 +84,7 @@ def main() -> None:
             "values with a 95% bootstrap CI over items.\n")
     fails = "".join(f"\n- `{name}` did not run with its defaults on this world: {why}" for name, why in failures)
     table = f"{BEGIN}\n{head}{body}{note}{fails}\n{END}"
-    text = args.out.read_text(encoding="utf-8") if args.out.exists() else f"# Methods\n\n{BEGIN}\n{END}\n"
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    args.out.write_text(text[:start] + table + text[end:], encoding="utf-8")
+    replace_block(args.out, BEGIN, END, table, "Methods")
     print(table)
 
 

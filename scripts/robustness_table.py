@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _cli import OBLIVIATE, Failed, run
+from _cli import OBLIVIATE, Failed, replace_block, run
 
 BEGIN, END = "<!-- robustness-table:begin -->", "<!-- robustness-table:end -->"
 ATTACKS = ("direct", "forms", "jailbreak", "in_context", "stepwise", "quantize", "probe", "relearn")
@@ -156,9 +156,7 @@ def main() -> None:
     header = (f"`{command}`: world `{args.preset}`, split `{args.split}`, seed {args.seed}; each method and each "
               "attack with its default settings.\n\n")
     block = f"{BEGIN}\n{header}{render(rows, failures)}\n{END}"
-    doc = args.out.read_text(encoding="utf-8") if args.out.exists() else f"# Robustness\n\n{BEGIN}\n{END}\n"
-    start, end = doc.index(BEGIN), doc.index(END) + len(END)
-    args.out.write_text(doc[:start] + block + doc[end:], encoding="utf-8")
+    replace_block(args.out, BEGIN, END, block, "Robustness")
     print(block)
 
 
