@@ -1,15 +1,17 @@
 """Greedy generation time under each intervention ÷ the plain model's, on the same retain prompts.
 
 Each intervention (eco, guard, spul, icul, prompt, uld) is built with its method's default config on
-the world's target from the world's forget10 training sets, as `obliviate unlearn` builds it; the
-methods gated by a prompt classifier (eco, guard, spul) are built a second time with the hashing
-embedder instead of MiniLM (`eco:embedder=hashing`), which isolates the classifier's cost. The
+the world's target from the world's forget10 training sets, as `obliviate unlearn` builds it. The
+methods gated by a prompt classifier (eco, guard, spul) run by default the cascade of
+`obliviate.interventions.classifier`: a hashing prefilter, then MiniLM on the prompts it passes. They
+are built a second time without the prefilter (`eco:prefilter=none`), which embeds every prompt
+with MiniLM: the cost the prefilter saves. The
 timed work is the qa suite's generation: `generate_answers` (batches of 32, at most 32 new tokens,
 stopping at a newline) on `--prompts` retain questions of the world. The plain model and the wrapped
 one run alternately, `--repeats` times each, and the best time of each is kept, so machine noise
 hits both alike. Prompt classifiers forget what they have seen before every timed run, so every
 run classifies its prompts anew (once per prompt, at the prefill). Target: ≤ 1.25 for ECO, GUARD and
-SPUL.
+SPUL with their default configs.
 
 A second part repeats ECO, GUARD and SPUL (both embedders) on a randomly initialised Llama with the
 world's tokenizer (`--larger 512x8`, about 35M parameters, the size of the MiniLM classifier), where
@@ -23,7 +25,7 @@ embed and score the same prompts once, as a share of the plain model's generatio
 Both run single-threaded (`--threads`), as the tests do: on a shared CPU, intra-op threads waiting on
 each other make small models' timings erratic.
 
-    python benchmarks/intervention_latency.py [--preset small] [--methods eco,eco:embedder=hashing] [--repeats 5]
+    python benchmarks/intervention_latency.py [--preset small] [--methods eco,eco:prefilter=none] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from obliviate.models.loading import load_model  # noqa: E402
 from obliviate.models.prompts import DEFAULT_FORMAT  # noqa: E402
 from obliviate.world import build_world_models, get_world  # noqa: E402
 
-METHODS = ("eco", "eco:embedder=hashing", "guard", "guard:embedder=hashing", "spul", "spul:embedder=hashing", "icul",
+METHODS = ("eco", "eco:prefilter=none", "guard", "guard:prefilter=none", "spul", "spul:prefilter=none", "icul",
            "prompt", "uld")
 TARGETS = {"eco": 1.25, "guard": 1.25, "spul": 1.25}
 
@@ -82,7 +84,7 @@ def forget_memos(intervention) -> None:
     for module in intervention.modules():
         detector = getattr(module, "detector", None)
         if detector is not None:
-            detector.classifier._memo.clear()
+            detector.classifier.forget_seen()
         if hasattr(module, "_query_memo"):
             module._query_memo.clear()
 
@@ -134,7 +136,7 @@ def compare(model, tok, questions, forget, retain, specs, args, extra: dict | No
         plain, under = best_of(args.repeats, lambda: generate(model), lambda: generate(wrapped),  # noqa: B023
                                lambda: forget_memos(intervention))  # noqa: B023
         ratio = under / plain
-        target = TARGETS.get(name)
+        target = None if overrides else TARGETS.get(name)  # the target is for the default config
         verdict = f"(target ≤ {target:.2f}) {'ok' if ratio <= target else 'MISSED'}" if target else ""
         print(f"{spec:22s} built in {built:5.1f}s  plain {plain * 1e3:7.1f} ms  with intervention "
               f"{under * 1e3:7.1f} ms  ratio {ratio:5.2f}  {verdict}".rstrip(), flush=True)

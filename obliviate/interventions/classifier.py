@@ -18,6 +18,19 @@ detector. Here:
 
 At run time only numpy is needed: the head is stored as its weight vector and bias.
 
+**Prefilter cascade.** Embedding a prompt with MiniLM costs more than generating an answer with a
+small model, and most prompts a deployed model sees are not about the forget set. With
+`prefilter="hashing"` a hashing classifier screens every prompt first, and only the prompts it flags
+are embedded by the main classifier; a prompt is flagged when both stages flag it. Both stages are
+fitted on the same training prompts and calibrated on the same n held-out forget prompts, and they
+share the k = ⌊α(n + 1)⌋ calibration misses that α allows: the prefilter takes one (its τ is the
+lowest calibration score), the main classifier the other k − 1. For a new forget prompt
+
+    P(missed) ≤ P(s_hash < τ_hash) + P(s_main < τ_main) ≤ 1/(n + 1) + (k − 1)/(n + 1) ≤ α   (union bound)
+
+so the false-negative guarantee is kept, at the price of one calibration miss for the main stage. The
+cascade is built only when k ≥ 2 (n ≥ 2/α − 1); otherwise the main classifier runs alone.
+
 `fit_detector` is the one set-up that ECO, GUARD and the gated prefix methods share. It groups
 items that share a question form (a fact asked in several ways is one group), holds out
 `holdout_fraction` of the forget groups and of the retain groups from training and calibration,
@@ -109,13 +122,21 @@ def get_embedder(name: str):
 # ---------------------------------------------------------------------------------------------
 
 
-def conformal_threshold(calibration_scores: Sequence[float], alpha: float) -> float:
-    """τ with P(score < τ) ≤ α for a new score exchangeable with the calibration scores."""
+def calibration_misses(n: int, alpha: float) -> int:
+    """k = ⌊α(n + 1)⌋: how many of n calibration scores may fall below τ."""
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
-    scores = np.sort(np.asarray(calibration_scores, dtype=float))
-    k = math.floor(alpha * (len(scores) + 1))
-    return -math.inf if k == 0 else float(scores[k - 1])
+    return math.floor(alpha * (n + 1))
+
+
+def kth_smallest(scores: Sequence[float], k: int) -> float:
+    """s_(k), the k-th smallest score (−∞ when k = 0)."""
+    return -math.inf if k == 0 else float(np.sort(np.asarray(scores, dtype=float))[k - 1])
+
+
+def conformal_threshold(calibration_scores: Sequence[float], alpha: float) -> float:
+    """τ with P(score < τ) ≤ α for a new score exchangeable with the calibration scores."""
+    return kth_smallest(calibration_scores, calibration_misses(len(calibration_scores), alpha))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +154,7 @@ class PromptClassifier:
     threshold: float
     alpha: float | None = None
     n_calibration: int = 0
+    prefilter: PromptClassifier | None = None  # a cheaper first stage (module docstring)
     _memo: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -146,14 +168,16 @@ class PromptClassifier:
         threshold: float | None = None,
         c: float = 1.0,
         seed: int = 0,
+        prefilter: str | None = None,
     ) -> PromptClassifier:
         """Fit on forget prompts (grouped by item: a question and its paraphrases) vs retain prompts.
 
         Whole groups are held out for calibration, so no calibration prompt is a paraphrase of a
         training prompt. `threshold`, when given, replaces the conformal one (no held-out split).
+        `prefilter` names a cheaper embedder for a first stage (module docstring); it needs the
+        conformal threshold and is left out when it is the main embedder or the calibration prompts
+        are too few to share α (k < 2).
         """
-        from sklearn.linear_model import LogisticRegression
-
         groups = [list(g) for g in forget_groups if len(g)]
         if not groups or not retain_texts:
             raise ConfigError("the prompt classifier needs forget prompts and retain prompts")
@@ -161,23 +185,38 @@ class PromptClassifier:
         n_cal = 0 if threshold is not None else min(len(groups) - 1, round(calibration_fraction * len(groups)))
         cal = [t for i in order[:n_cal] for t in groups[i]]
         train = [t for i in order[n_cal:] for t in groups[i]]
-        texts = train + list(retain_texts)
+        out = cls._fit_head(train, retain_texts, embedder, c)
+        if threshold is not None:
+            out.threshold = float(threshold)
+            return out
+        out.alpha, out.n_calibration = alpha, len(cal)
+        k = calibration_misses(len(cal), alpha)
+        if prefilter is not None and prefilter != embedder and k >= 2:
+            # One of the k calibration misses goes to the prefilter, the other k − 1 to the main stage.
+            stage = cls._fit_head(train, retain_texts, prefilter, c)
+            stage.threshold = kth_smallest(stage.scores(cal), 1)
+            stage.alpha, stage.n_calibration = 1 / (len(cal) + 1), len(cal)
+            out.prefilter, k = stage, k - 1
+        out.threshold = kth_smallest(out.scores(cal), k)
+        if math.isinf(out.threshold):
+            warnings.warn(f"prompt classifier: {len(cal)} calibration prompts are too few for alpha={alpha} "
+                          f"(need at least {math.ceil(1 / alpha) - 1}); every prompt will be flagged. Use "
+                          "more forget items, a larger alpha or a fixed threshold.", stacklevel=2)
+        return out
+
+    @classmethod
+    def _fit_head(cls, train: Sequence[str], retain_texts: Sequence[str], embedder: str, c: float
+                  ) -> PromptClassifier:
+        """The logistic head on `embedder`'s embeddings (threshold −∞)."""
+        from sklearn.linear_model import LogisticRegression
+
+        texts = list(train) + list(retain_texts)
         unique = list(dict.fromkeys(texts))  # each distinct text is embedded once
         index = {t: i for i, t in enumerate(unique)}
         x = get_embedder(embedder).encode(unique)[[index[t] for t in texts]]  # (n, d)
         y = np.r_[np.ones(len(train)), np.zeros(len(retain_texts))]
         head = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(x, y)
-        out = cls(embedder, head.coef_[0].astype(np.float32), float(head.intercept_[0]), -math.inf,
-                  alpha=alpha if threshold is None else None, n_calibration=len(cal))
-        if threshold is not None:
-            out.threshold = float(threshold)
-        else:
-            out.threshold = conformal_threshold(out.scores(cal), alpha) if cal else -math.inf
-            if math.isinf(out.threshold):
-                warnings.warn(f"prompt classifier: {len(cal)} calibration prompts are too few for alpha={alpha} "
-                              f"(need at least {math.ceil(1 / alpha) - 1}); every prompt will be flagged. Use "
-                              "more forget items, a larger alpha or a fixed threshold.", stacklevel=2)
-        return out
+        return cls(embedder, head.coef_[0].astype(np.float32), float(head.intercept_[0]), -math.inf)
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
         """Forget probability of each text (memoised per text)."""
@@ -189,22 +228,53 @@ class PromptClassifier:
                 self._memo[t] = float(p)
         return np.array([self._memo[t] for t in texts], dtype=float)
 
+    @property
+    def stage_alpha(self) -> float | None:
+        """The share of α this classifier's own threshold takes (α less the prefilter's share)."""
+        if self.alpha is None or self.prefilter is None:
+            return self.alpha
+        return self.alpha - self.prefilter.alpha
+
+    def screens(self, texts: Sequence[str]) -> np.ndarray:
+        """Whether the prefilter passes each text on to this classifier (all True without one)."""
+        if self.prefilter is None:
+            return np.ones(len(texts), dtype=bool)
+        return self.prefilter.flags(texts)
+
     def flags(self, texts: Sequence[str]) -> np.ndarray:
-        """Whether each text is flagged as a forget prompt (score ≥ τ)."""
-        return self.scores(texts) >= self.threshold if len(texts) else np.zeros(0, dtype=bool)
+        """Whether each text is flagged as a forget prompt: it passes the prefilter, if any, and scores ≥ τ.
+
+        Texts the prefilter drops are never embedded by this classifier.
+        """
+        out = np.zeros(len(texts), dtype=bool)
+        passed = np.flatnonzero(self.screens(texts))
+        if len(passed):
+            out[passed] = True if math.isinf(self.threshold) else \
+                self.scores([texts[i] for i in passed]) >= self.threshold
+        return out
+
+    def forget_seen(self) -> None:
+        """Drop the memoised scores (of both stages)."""
+        self._memo.clear()
+        if self.prefilter is not None:
+            self.prefilter.forget_seen()
 
     # -- persistence (JSON) ------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"embedder": self.embedder, "weight": self.weight.tolist(), "bias": self.bias,
-                "threshold": None if math.isinf(self.threshold) else self.threshold,
-                "alpha": self.alpha, "n_calibration": self.n_calibration}
+        out = {"embedder": self.embedder, "weight": self.weight.tolist(), "bias": self.bias,
+               "threshold": None if math.isinf(self.threshold) else self.threshold,
+               "alpha": self.alpha, "n_calibration": self.n_calibration}
+        if self.prefilter is not None:
+            out["prefilter"] = self.prefilter.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptClassifier:
         threshold = -math.inf if d["threshold"] is None else float(d["threshold"])
+        prefilter = cls.from_dict(d["prefilter"]) if d.get("prefilter") else None
         return cls(d["embedder"], np.asarray(d["weight"], dtype=np.float32), float(d["bias"]), threshold,
-                   d.get("alpha"), int(d.get("n_calibration", 0)))
+                   d.get("alpha"), int(d.get("n_calibration", 0)), prefilter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +374,7 @@ def fit_detector(
     seed: int = 0,
     fmt: PromptFormat = DEFAULT_FORMAT,
     method: str = "prompt classifier",
+    prefilter: str | None = None,
 ) -> tuple[Detector, dict[str, Any]]:
     """(detector, report) for forget vs retain items (QA items or labelled texts).
 
@@ -311,7 +382,8 @@ def fit_detector(
     (`classifier_text`: rendered in `fmt`, encoded, decoded, template stripped). The report holds the
     threshold, the flag rates on the training items' questions, and the held-out error rates (module
     docstring) with the indices of the held-out items; its "held_out" is None when `holdout_fraction`
-    leaves no group out.
+    leaves no group out. With a prefilter stage, the report gives its threshold, and each held-out row
+    the share of retain prompts it passes on to the main embedder ("screened_in").
     """
     if not forget or not retain:
         raise ConfigError(f"{method}: the prompt classifier needs forget and retain items")
@@ -332,16 +404,20 @@ def fit_detector(
     forget_texts = [[t for i in g for t in (*prompts(forget, [i], 0), *prompts(forget, [i], 1))] for g in forget_train]
     retain_texts = [t for g in retain_train for i in g for t in (*prompts(retain, [i], 0), *prompts(retain, [i], 1))]
     classifier = PromptClassifier.fit(forget_texts, retain_texts, embedder, alpha, calibration_fraction, threshold,
-                                      seed=seed)
+                                      seed=seed, prefilter=prefilter)
     reader = PromptReader.for_items(tokenizer, fmt, [q for it in [*forget, *retain] for q in item_prompts(it)[0]])
     train_flags = lambda items, groups: classifier.flags(  # noqa: E731
         [t for g in groups for t in prompts(items, g, 0)])
     f_train, r_train = train_flags(forget, forget_train), train_flags(retain, retain_train)
+    stage1 = classifier.prefilter
     report: dict[str, Any] = {
         "embedder": embedder,
         "threshold": None if math.isinf(classifier.threshold) else classifier.threshold,
         "alpha": classifier.alpha,
         "n_calibration": classifier.n_calibration,
+        "prefilter": None if stage1 is None else {
+            "embedder": stage1.embedder, "alpha": stage1.alpha,
+            "threshold": None if math.isinf(stage1.threshold) else stage1.threshold},
         "forget_flag_rate": float(np.mean(f_train)) if len(f_train) else None,
         "retain_flag_rate": float(np.mean(r_train)) if len(r_train) else None,
         "held_out": None,
@@ -355,6 +431,8 @@ def fit_detector(
             f = list(dict.fromkeys(t for g in forget_out for t in prompts(forget, g, kind)))
             r = list(dict.fromkeys(t for g in retain_out for t in prompts(retain, g, kind)))
             held[name] = {**_rates(classifier.flags(f), True), **_rates(classifier.flags(r), False)}
+            if stage1 is not None:
+                held[name]["screened_in"] = float(np.mean(classifier.screens(r))) if r else None
         report["held_out"] = held
     return Detector(classifier, reader), report
 
@@ -367,12 +445,20 @@ def report_table(report: dict[str, Any]):
     if not held:
         return None
     tau = report.get("threshold")
-    table = Table("held-out prompts", "forget", "missed", "FNR", "retain", "flagged", "FPR",
-                  title=f"prompt classifier ({report.get('embedder')}, τ = {'−∞' if tau is None else f'{tau:.3g}'}): "
-                        f"{held['forget_groups']} forget and {held['retain_groups']} retain question groups held out")
+    stage1 = report.get("prefilter")
+    name = f"{report.get('embedder')}, τ = {'−∞' if tau is None else f'{tau:.3g}'}"
+    if stage1:
+        t1 = stage1["threshold"]
+        name = f"{stage1['embedder']} prefilter τ = {'−∞' if t1 is None else f'{t1:.3g}'}, then {name}"
+    columns = ["held-out prompts", "forget", "missed", "FNR", "retain", "flagged", "FPR"]
+    if stage1:
+        columns.append(f"retain to {report.get('embedder')}")
+    table = Table(*columns, title=f"prompt classifier ({name}): {held['forget_groups']} forget and "
+                                  f"{held['retain_groups']} retain question groups held out")
     rate = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
     for kind in ("original", "paraphrased"):
         r = held[kind]
-        table.add_row(kind, str(r["forget_prompts"]), str(r["false_negatives"]), rate(r["fnr"]),
-                      str(r["retain_prompts"]), str(r["false_positives"]), rate(r["fpr"]))
+        cells = [kind, str(r["forget_prompts"]), str(r["false_negatives"]), rate(r["fnr"]),
+                 str(r["retain_prompts"]), str(r["false_positives"]), rate(r["fpr"])]
+        table.add_row(*cells, *([rate(r.get("screened_in"))] if stage1 else []))
     return table

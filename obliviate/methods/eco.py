@@ -50,6 +50,10 @@ class DetectorConfig(MethodConfig):
     embedder: Literal["minilm", "hashing"] = Field(
         MINILM, description="prompt embeddings: 'minilm' (all-MiniLM-L6-v2, needs the 'embed' extra) or "
         "'hashing' (character n-grams, no model)")
+    prefilter: Literal["hashing", "none"] = Field(
+        "hashing", description="'hashing': a hashing classifier screens prompts first and only those it flags are "
+        "embedded by the main one; the two stages share alpha, so the false-negative bound still holds "
+        "(interventions/classifier.py); 'none': the main classifier alone")
     alpha: float = Field(0.05, gt=0, lt=1, description="bound on the false-negative rate (conformal calibration)")
     calibration_fraction: float = Field(0.3, gt=0, lt=1, description="share of forget items held out to calibrate τ")
     threshold: float | None = Field(None, description="a fixed threshold τ on the forget probability instead")
@@ -60,7 +64,8 @@ class DetectorConfig(MethodConfig):
     def detector_kwargs(self) -> dict:
         """The keyword arguments of `fit_detector` this config sets."""
         return {"embedder": self.embedder, "alpha": self.alpha, "calibration_fraction": self.calibration_fraction,
-                "threshold": self.threshold, "holdout_fraction": self.holdout_fraction, "seed": self.seed}
+                "threshold": self.threshold, "holdout_fraction": self.holdout_fraction, "seed": self.seed,
+                "prefilter": None if self.prefilter == "none" else self.prefilter}
 
 
 class GateConfig(DetectorConfig):
