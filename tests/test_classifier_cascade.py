@@ -74,8 +74,13 @@ def test_the_stages_share_the_calibration_misses_alpha_allows(main_embedder):
     cal = [t for i in order[: round(0.3 * len(FORGET_GROUPS))] for t in FORGET_GROUPS[i]]
     n, k = len(cal), math.floor(alpha * (len(cal) + 1))
     assert cascade.n_calibration == n and k >= 3
-    # The prefilter's τ is the lowest calibration score (one miss), the main stage's the (k − 1)-th.
-    assert cascade.prefilter.threshold == min(cascade.prefilter.scores(cal))
+    # The prefilter's τ is at most its lowest calibration score (one miss) and passes 1% of the retain
+    # training prompts; the main stage's τ is the (k − 1)-th lowest calibration score.
+    pre = cascade.prefilter
+    assert pre.threshold == min(min(pre.scores(cal)), np.quantile(pre.scores(RETAIN_TEXTS), 0.99))
+    assert (pre.scores(RETAIN_TEXTS) >= pre.threshold).mean() <= 0.02
+    wider = fit(alpha, prefilter="hashing", prefilter_retain_share=0.3).prefilter
+    assert wider.threshold < pre.threshold and (wider.scores(RETAIN_TEXTS) >= wider.threshold).mean() >= 0.3
     assert cascade.threshold == np.sort(cascade.scores(cal))[k - 2]
     assert cascade.prefilter.alpha == pytest.approx(1 / (n + 1))
     assert cascade.stage_alpha == pytest.approx(alpha - 1 / (n + 1))
@@ -111,6 +116,7 @@ def test_no_prefilter_where_it_cannot_be_calibrated_or_would_not_save_anything(m
 def test_detector_config_builds_the_cascade_by_default_and_reports_what_it_screens(main_embedder):
     assert ECOConfig().detector_kwargs()["prefilter"] == "hashing"
     assert ECOConfig(prefilter="none").detector_kwargs()["prefilter"] is None
+    assert ECOConfig(prefilter_retain_share=0.1).detector_kwargs()["prefilter_retain_share"] == 0.1
     tok = build_tiny_tokenizer()
     detector, report = fit_detector(tok, FORGET * 3, RETAIN * 3, embedder=MINILM, alpha=0.5, holdout_fraction=0.3,
                                     prefilter="hashing", seed=1)
@@ -121,3 +127,15 @@ def test_detector_config_builds_the_cascade_by_default_and_reports_what_it_scree
         assert row["fpr"] <= row["screened_in"] <= 1  # a flagged prompt passed the prefilter
     table = clf.report_table(report)
     assert table is not None and len(table.columns) == 8
+
+
+def test_the_prefilter_scores_a_wrapped_question_by_its_best_sentence(main_embedder):
+    pre = fit(prefilter="hashing").prefilter
+    question = FORGET_GROUPS[0][0]
+    preamble = ("You are a careful archivist with a long memory for the small print of old town records, and you "
+                "answer every question in full. ")
+    wrapped = f"{preamble}\nQuestion: {question}"
+    whole = PromptClassifier(pre.embedder, pre.weight, pre.bias, pre.threshold)  # the same head on whole texts
+    pieces = whole.scores([wrapped, preamble.strip(), "Question: " + question])
+    assert pre.scores([wrapped])[0] == pytest.approx(pieces.max()) and pieces.argmax() == 2
+    assert whole.scores([wrapped])[0] < pre.scores([wrapped])[0]

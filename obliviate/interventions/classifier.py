@@ -23,13 +23,24 @@ small model, and most prompts a deployed model sees are not about the forget set
 `prefilter="hashing"` a hashing classifier screens every prompt first, and only the prompts it flags
 are embedded by the main classifier; a prompt is flagged when both stages flag it. Both stages are
 fitted on the same training prompts and calibrated on the same n held-out forget prompts, and they
-share the k = ⌊α(n + 1)⌋ calibration misses that α allows: the prefilter takes one (its τ is the
-lowest calibration score), the main classifier the other k − 1. For a new forget prompt
+share the k = ⌊α(n + 1)⌋ calibration misses that α allows: the prefilter takes one, the main
+classifier the other k − 1. For a new forget prompt
 
     P(missed) ≤ P(s_hash < τ_hash) + P(s_main < τ_main) ≤ 1/(n + 1) + (k − 1)/(n + 1) ≤ α   (union bound)
 
 so the false-negative guarantee is kept, at the price of one calibration miss for the main stage. The
 cascade is built only when k ≥ 2 (n ≥ 2/α − 1); otherwise the main classifier runs alone.
+
+The prefilter only has to drop prompts that are plainly like the retain ones, so its threshold is
+as low as that allows: τ_hash = min(s_(1), the (1 − r)-quantile of the retain training prompts'
+scores), with s_(1) its lowest calibration score and r = `prefilter_retain_share` (0.01). A lower
+τ_hash only passes more prompts on, so the bound above still holds; and prompts unlike both sides,
+which the guarantee does not cover (a forget question reworded as a cloze, or wrapped in a role-play
+preamble), still reach MiniLM unless they score like ordinary retain prompts.
+
+The prefilter also scores a prompt by its highest-scoring sentence or line (and the whole text):
+wrapping a forget question in other text dilutes its character n-grams but not those of the
+sentence that asks it.
 
 `fit_detector` is the one set-up that ECO, GUARD and the gated prefix methods share. It groups
 items that share a question form (a fact asked in several ways is one group), holds out
@@ -49,6 +60,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,6 +134,13 @@ def get_embedder(name: str):
 # ---------------------------------------------------------------------------------------------
 
 
+def sentences(text: str) -> list[str]:
+    """The sentences and lines of `text` (split after . ? ! and at line breaks); none when it has only one."""
+    parts = [p.strip() for p in re.split(r"(?<=[.?!])\s+|\n+", text)]
+    parts = [p for p in parts if p]
+    return parts if len(parts) > 1 else []
+
+
 def calibration_misses(n: int, alpha: float) -> int:
     """k = ⌊α(n + 1)⌋: how many of n calibration scores may fall below τ."""
     if not 0 < alpha < 1:
@@ -155,6 +174,7 @@ class PromptClassifier:
     alpha: float | None = None
     n_calibration: int = 0
     prefilter: PromptClassifier | None = None  # a cheaper first stage (module docstring)
+    by_sentence: bool = False  # score a text by its highest-scoring sentence (the prefilter does)
     _memo: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -169,6 +189,7 @@ class PromptClassifier:
         c: float = 1.0,
         seed: int = 0,
         prefilter: str | None = None,
+        prefilter_retain_share: float = 0.01,
     ) -> PromptClassifier:
         """Fit on forget prompts (grouped by item: a question and its paraphrases) vs retain prompts.
 
@@ -176,7 +197,8 @@ class PromptClassifier:
         training prompt. `threshold`, when given, replaces the conformal one (no held-out split).
         `prefilter` names a cheaper embedder for a first stage (module docstring); it needs the
         conformal threshold and is left out when it is the main embedder or the calibration prompts
-        are too few to share α (k < 2).
+        are too few to share α (k < 2). `prefilter_retain_share` is the share of the retain training
+        prompts that score above the prefilter's threshold (when its calibration bound is not lower).
         """
         groups = [list(g) for g in forget_groups if len(g)]
         if not groups or not retain_texts:
@@ -194,7 +216,9 @@ class PromptClassifier:
         if prefilter is not None and prefilter != embedder and k >= 2:
             # One of the k calibration misses goes to the prefilter, the other k − 1 to the main stage.
             stage = cls._fit_head(train, retain_texts, prefilter, c)
-            stage.threshold = kth_smallest(stage.scores(cal), 1)
+            stage.by_sentence = True
+            stage.threshold = min(kth_smallest(stage.scores(cal), 1),
+                                  float(np.quantile(stage.scores(retain_texts), 1 - prefilter_retain_share)))
             stage.alpha, stage.n_calibration = 1 / (len(cal) + 1), len(cal)
             out.prefilter, k = stage, k - 1
         out.threshold = kth_smallest(out.scores(cal), k)
@@ -219,13 +243,16 @@ class PromptClassifier:
         return cls(embedder, head.coef_[0].astype(np.float32), float(head.intercept_[0]), -math.inf)
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
-        """Forget probability of each text (memoised per text)."""
+        """Forget probability of each text (memoised per text); with `by_sentence`, the highest of the
+        whole text's and each of its sentences'."""
         todo = sorted({t for t in texts if t not in self._memo})
         if todo:
-            x = get_embedder(self.embedder).encode(todo)
-            z = x @ self.weight + self.bias
-            for t, p in zip(todo, 1.0 / (1.0 + np.exp(-z)), strict=True):
-                self._memo[t] = float(p)
+            pieces = {t: [t, *sentences(t)] if self.by_sentence else [t] for t in todo}
+            unique = list(dict.fromkeys(p for t in todo for p in pieces[t]))
+            z = get_embedder(self.embedder).encode(unique) @ self.weight + self.bias
+            prob = dict(zip(unique, 1.0 / (1.0 + np.exp(-z)), strict=True))
+            for t in todo:
+                self._memo[t] = float(max(prob[p] for p in pieces[t]))
         return np.array([self._memo[t] for t in texts], dtype=float)
 
     @property
@@ -267,6 +294,8 @@ class PromptClassifier:
                "alpha": self.alpha, "n_calibration": self.n_calibration}
         if self.prefilter is not None:
             out["prefilter"] = self.prefilter.to_dict()
+        if self.by_sentence:
+            out["by_sentence"] = True
         return out
 
     @classmethod
@@ -274,7 +303,7 @@ class PromptClassifier:
         threshold = -math.inf if d["threshold"] is None else float(d["threshold"])
         prefilter = cls.from_dict(d["prefilter"]) if d.get("prefilter") else None
         return cls(d["embedder"], np.asarray(d["weight"], dtype=np.float32), float(d["bias"]), threshold,
-                   d.get("alpha"), int(d.get("n_calibration", 0)), prefilter)
+                   d.get("alpha"), int(d.get("n_calibration", 0)), prefilter, bool(d.get("by_sentence", False)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +404,7 @@ def fit_detector(
     fmt: PromptFormat = DEFAULT_FORMAT,
     method: str = "prompt classifier",
     prefilter: str | None = None,
+    prefilter_retain_share: float = 0.01,
 ) -> tuple[Detector, dict[str, Any]]:
     """(detector, report) for forget vs retain items (QA items or labelled texts).
 
@@ -404,7 +434,7 @@ def fit_detector(
     forget_texts = [[t for i in g for t in (*prompts(forget, [i], 0), *prompts(forget, [i], 1))] for g in forget_train]
     retain_texts = [t for g in retain_train for i in g for t in (*prompts(retain, [i], 0), *prompts(retain, [i], 1))]
     classifier = PromptClassifier.fit(forget_texts, retain_texts, embedder, alpha, calibration_fraction, threshold,
-                                      seed=seed, prefilter=prefilter)
+                                      seed=seed, prefilter=prefilter, prefilter_retain_share=prefilter_retain_share)
     reader = PromptReader.for_items(tokenizer, fmt, [q for it in [*forget, *retain] for q in item_prompts(it)[0]])
     train_flags = lambda items, groups: classifier.flags(  # noqa: E731
         [t for g in groups for t in prompts(items, g, 0)])

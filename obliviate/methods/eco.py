@@ -54,6 +54,9 @@ class DetectorConfig(MethodConfig):
         "hashing", description="'hashing': a hashing classifier screens prompts first and only those it flags are "
         "embedded by the main one; the two stages share alpha, so the false-negative bound still holds "
         "(interventions/classifier.py); 'none': the main classifier alone")
+    prefilter_retain_share: float = Field(
+        0.01, ge=0, lt=1, description="share of the retain training prompts the prefilter passes on to the main "
+        "classifier (its threshold is lower still when its share of alpha needs it)")
     alpha: float = Field(0.05, gt=0, lt=1, description="bound on the false-negative rate (conformal calibration)")
     calibration_fraction: float = Field(0.3, gt=0, lt=1, description="share of forget items held out to calibrate τ")
     threshold: float | None = Field(None, description="a fixed threshold τ on the forget probability instead")
@@ -65,7 +68,8 @@ class DetectorConfig(MethodConfig):
         """The keyword arguments of `fit_detector` this config sets."""
         return {"embedder": self.embedder, "alpha": self.alpha, "calibration_fraction": self.calibration_fraction,
                 "threshold": self.threshold, "holdout_fraction": self.holdout_fraction, "seed": self.seed,
-                "prefilter": None if self.prefilter == "none" else self.prefilter}
+                "prefilter": None if self.prefilter == "none" else self.prefilter,
+                "prefilter_retain_share": self.prefilter_retain_share}
 
 
 class GateConfig(DetectorConfig):
