@@ -13,6 +13,8 @@ Each row runs a method with its defaults plus the overrides in `RUNS` (documente
 METHOD:KEY=VALUE` adds more, e.g. `--methods ga --set ga:lr=1e-3`.
 
     python scripts/labels_table.py --preset small --kind products --seed 0 [--out docs/labels.md]
+
+The table goes into docs/labels.md (the task and the reading) and into docs/methods.md (`--also`).
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="override a method's config in every row of that method (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("docs/labels.md"))
+    parser.add_argument("--also", default="docs/methods.md",
+                        help="another doc that shows the same table between the same markers ('none': no other)")
     parser.add_argument("--runs", type=Path, default=None, help="keep the run directories here")
     args = parser.parse_args()
     import torch
@@ -158,7 +162,8 @@ def main() -> None:
             "reviews); values with a 95% bootstrap CI over reviews.\n")
     fails = "".join(f"\n- {label} did not run: {why}" for label, why in failures)
     table = f"{BEGIN}\n{head}{body}{note}{fails}\n{END}"
-    replace_block(args.out, BEGIN, END, table, "Labelled text")
+    for doc in (args.out, *([] if args.also == "none" else [Path(args.also)])):
+        replace_block(doc, BEGIN, END, table, "Labelled text")
     print(table)
 
 
