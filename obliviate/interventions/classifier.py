@@ -28,8 +28,9 @@ classifier the other k − 1. For a new forget prompt
 
     P(missed) ≤ P(s_hash < τ_hash) + P(s_main < τ_main) ≤ 1/(n + 1) + (k − 1)/(n + 1) ≤ α   (union bound)
 
-so the false-negative guarantee is kept, at the price of one calibration miss for the main stage. The
-cascade is built only when k ≥ 2 (n ≥ 2/α − 1); otherwise the main classifier runs alone.
+so the false-negative guarantee is kept. The main stage's τ drops from the k-th to the (k − 1)-th
+lowest calibration score, so behind the prefilter it flags at least what it flags alone. The cascade
+is built only when k ≥ 2 (n ≥ 2/α − 1); otherwise the main classifier runs alone.
 
 The prefilter only has to drop prompts that are plainly like the retain ones, so its threshold is
 as low as that allows: τ_hash = min(s_(1), the (1 − r)-quantile of the retain training prompts'
