@@ -34,7 +34,8 @@ is built only when k ≥ 2 (n ≥ 2/α − 1); otherwise the main classifier run
 
 The prefilter only has to drop prompts that are plainly like the retain ones, so its threshold is
 as low as that allows: τ_hash = min(s_(1), the (1 − r)-quantile of the retain training prompts'
-scores), with s_(1) its lowest calibration score and r = `prefilter_retain_share` (0.01). A lower
+scores), with s_(1) its lowest calibration score and r = `prefilter_retain_share` (0: the highest
+retain training score). A lower
 τ_hash only passes more prompts on, so the bound above still holds; and prompts unlike both sides,
 which the guarantee does not cover (a forget question reworded as a cloze, or wrapped in a role-play
 preamble), still reach MiniLM unless they score like ordinary retain prompts.
@@ -190,7 +191,7 @@ class PromptClassifier:
         c: float = 1.0,
         seed: int = 0,
         prefilter: str | None = None,
-        prefilter_retain_share: float = 0.01,
+        prefilter_retain_share: float = 0.0,
     ) -> PromptClassifier:
         """Fit on forget prompts (grouped by item: a question and its paraphrases) vs retain prompts.
 
@@ -405,7 +406,7 @@ def fit_detector(
     fmt: PromptFormat = DEFAULT_FORMAT,
     method: str = "prompt classifier",
     prefilter: str | None = None,
-    prefilter_retain_share: float = 0.01,
+    prefilter_retain_share: float = 0.0,
 ) -> tuple[Detector, dict[str, Any]]:
     """(detector, report) for forget vs retain items (QA items or labelled texts).
 

@@ -55,8 +55,9 @@ class DetectorConfig(MethodConfig):
         "embedded by the main one; the two stages share alpha, so the false-negative bound still holds "
         "(interventions/classifier.py); 'none': the main classifier alone")
     prefilter_retain_share: float = Field(
-        0.01, ge=0, lt=1, description="share of the retain training prompts the prefilter passes on to the main "
-        "classifier (its threshold is lower still when its share of alpha needs it)")
+        0.0, ge=0, lt=1, description="share of the retain training prompts the prefilter passes on to the main "
+        "classifier (0: those scoring above all of them; its threshold is lower still when its share of alpha "
+        "needs it)")
     alpha: float = Field(0.05, gt=0, lt=1, description="bound on the false-negative rate (conformal calibration)")
     calibration_fraction: float = Field(0.3, gt=0, lt=1, description="share of forget items held out to calibrate τ")
     threshold: float | None = Field(None, description="a fixed threshold τ on the forget probability instead")
