@@ -26,7 +26,6 @@ forget items, with the 864 items of the other 36 people as the retain set. Two c
 
 Fine-tuning and surgery methods change a copy of the target in place; inference-time methods are
 loaded back from the saved run directory and wrap the frozen target, as `runs.load_run_model` does.
-SPUL's defaults do not reach (a) on this world; its test is a strict xfail, so a fix shows as XPASS.
 """
 
 from __future__ import annotations
