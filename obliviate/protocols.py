@@ -205,7 +205,7 @@ def _per_request(run_dir: Path, requests: list[list[str]]) -> list[dict[str, Any
 def run_protocol(plan: ProtocolPlan, out: Path, progress: bool = True,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run a planned protocol into `out`; returns (and writes) `<protocol>.json` and `<protocol>.png`."""
-    from obliviate.cli_run import run_unlearn
+    from obliviate.workflow import run_unlearn
     from obliviate.world import get_world
 
     out = Path(out)

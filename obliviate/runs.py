@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from obliviate import __version__
+from obliviate.version import __version__
 from obliviate.errors import ObliviateError
 from obliviate.io import read_json, write_json
 

@@ -47,7 +47,7 @@ def qa_files(tmp_path):
 
 @pytest.mark.parametrize("merge", [False, True])
 def test_lora_run_saves_and_reloads(model_dir, qa_files, tmp_path, merge):
-    from obliviate.cli_run import run_unlearn
+    from obliviate.workflow import run_unlearn
 
     out = tmp_path / f"run-{merge}"
     run_unlearn("graddiff", str(model_dir), out, *qa_files, overrides=["lr=1e-2", "epochs=2"],

@@ -1,6 +1,6 @@
 """The work of one bench cell, run in its own process (`run_cell`).
 
-A method cell unlearns with `cli_run.run_unlearn` into `CELL/run`, evaluates the run with the qa
+A method cell unlearns with `workflow.run_unlearn` into `CELL/run`, evaluates the run with the qa
 suite against its world's oracle (`workflow.evaluate`), scores PrivLeak when the text suite is
 installed, runs the attacks when asked, then writes `result.json` and, last, `COMPLETE`. An
 anchors cell evaluates the target and the oracle on the same sets (`workflow.cached_world_eval`
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import obliviate.cli_run  # noqa: F401  (the CLI's unlearn workflow)
+import obliviate.workflow.unlearning  # noqa: F401  (the unlearn workflow)
 import obliviate.evals.qa  # noqa: F401
 import obliviate.methods  # noqa: F401
 from obliviate import metrics as M
@@ -212,7 +212,7 @@ def _user_anchors(spec: BenchSpec, sets: EvalSets) -> tuple[dict, dict | None]:
 
 def run_method(spec: BenchSpec, cell: Cell, path: Path) -> dict[str, Any]:
     """Unlearn, evaluate against the oracle, then PrivLeak and the attacks where available."""
-    from obliviate.cli_run import run_unlearn
+    from obliviate.workflow import run_unlearn
     from obliviate.runs import load_run_model
     from obliviate.workflow import evaluate
 

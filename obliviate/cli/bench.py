@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from obliviate.cli import JsonOpt, _print_json, app, console
+from obliviate.cli.app import JsonOpt, app, console, print_json
 from obliviate.errors import ConfigError
 
 
@@ -52,47 +52,20 @@ def bench(
     Writes leaderboard.csv/.json/.md and report.html. Killed or failed cells are redone by running the
     same command again; finished cells are kept.
     """
-    from obliviate.bench.extras import parse_attacks
-    from obliviate.bench.runner import run_bench
-    from obliviate.bench.spec import (
-        BenchSpec,
-        parse_forget_files,
-        parse_methods,
-        parse_seeds,
-        parse_world_splits,
-        scope_overrides,
-    )
+    from obliviate.api import bench as run_bench
 
-    names = parse_methods(methods, moe=model is None and world.partition(":")[2] == "moe")
-    if model is None and (retain or oracle or holdout or utility):
-        raise ConfigError("--retain, --oracle, --holdout and --utility go with --model (your own model and data)")
-    if model is not None and model.startswith("world:"):
-        raise ConfigError("--model world:...: use --world PRESET for the built-in world")
-    if max_retain is not None and max_retain < 1:
-        raise ConfigError("--max-retain must be at least 1")
-    user = model is not None
-    spec = BenchSpec(
-        methods=names,
-        splits=list(parse_forget_files(forget)) if user else parse_world_splits(forget),
-        seeds=parse_seeds(seeds),
-        world=None if user else world,
-        model=model,
-        forget_files=parse_forget_files(forget) if user else {},
-        retain=retain, oracle=oracle, holdout=holdout,
-        utility=dict(_name_path(u) for u in utility or []),
-        overrides=scope_overrides(names, set_ or []),
-        attacks=parse_attacks(attacks),
-        max_retain=max_retain, generate=not no_generate, keep_models=not drop_models, threads=threads,
-    )
-    outcome = run_bench(spec, out, jobs=jobs, progress=not as_json and console.is_terminal,
-                        log=None if as_json else console.print, report=report, redo_stale=redo_stale)
+    board = run_bench(methods, out=out, world=world, forget=forget, seeds=seeds, attacks=attacks, model=model,
+                      retain=retain, oracle=oracle, holdout=holdout, utility=dict(_name_path(u) for u in utility or []),
+                      overrides=set_ or [], jobs=jobs, threads=threads, max_retain=max_retain,
+                      generate=not no_generate, keep_models=not drop_models, redo_stale=redo_stale, report=report,
+                      progress=not as_json and console.is_terminal, log=None if as_json else console.print)
     if as_json:
-        _print_json({"out": str(out), "cells": outcome.total, "kept": outcome.kept, "ran": outcome.ran,
-                     "failed": outcome.failed, "seconds": outcome.seconds,
-                     "files": {k: str(v) for k, v in outcome.files.items()}})
+        print_json({"out": str(out), "cells": board.total, "kept": board.kept, "ran": board.ran,
+                    "failed": board.failed, "seconds": board.seconds,
+                    "files": {k: str(v) for k, v in board.files.items()}})
     else:
-        _print_summary(outcome)
-    if outcome.failed:
+        _print_summary(board)
+    if board.failed:
         raise typer.Exit(1)
 
 
@@ -104,9 +77,9 @@ def _name_path(spec: str) -> tuple[str, str]:
 
 
 def _print_summary(outcome) -> None:
-    from obliviate.bench.leaderboard import COLUMN, build_leaderboard, cell_text
+    from obliviate.bench.leaderboard import COLUMN, cell_text
 
-    board = build_leaderboard(outcome.root)
+    board = outcome.leaderboard
     keys = [k for k in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "privleak", "robustness",
                         "unlearn_seconds") if k in board["columns"]]
     table = Table("split", "model", "seeds", *[board["labels"][k] for k in keys], title="leaderboard")

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from obliviate.cli import JsonOpt, _fmt, _print_json, app, console
-from obliviate.errors import ConfigError, ObliviateError
+from obliviate.cli.app import JsonOpt, app, console, print_json
+from obliviate.tables import fmt
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a method config key: key=value")]
 PANEL = "Statistics and protocols"  # their own panel in `obliviate --help`, after the main commands
@@ -20,11 +20,11 @@ NoGenerate = Annotated[bool, typer.Option("--no-generate", help="skip generation
 def _ci(low: Any, high: Any) -> str:
     if low is None or (isinstance(low, float) and math.isnan(low)):
         return ""
-    return f" [{_fmt(low)}, {_fmt(high)}]"
+    return f" [{fmt(low)}, {fmt(high)}]"
 
 
 def _signed(value: float) -> str:
-    return ("+" if value > 0 else "") + _fmt(value)
+    return ("+" if value > 0 else "") + fmt(value)
 
 
 # -- compare ---------------------------------------------------------------------------------------------
@@ -40,15 +40,15 @@ def compare_table(result: dict[str, Any]) -> Table:
     for row in result["paired"]:
         style = "green" if row["verdict"].startswith("B ") and "Holm" not in row["verdict"] else "dim"
         arrow = {True: " ↑", False: " ↓"}.get(row["higher_is_better"], "")
-        table.add_row(row["metric"] + arrow, str(row["n"]), _fmt(row["mean_a"]), _fmt(row["mean_b"]),
-                      _signed(row["diff"]) + _ci(row["ci_low"], row["ci_high"]), _fmt(row["p_value"]),
-                      _fmt(row["p_holm"]), f"[{style}]{row['verdict']}[/]")
+        table.add_row(row["metric"] + arrow, str(row["n"]), fmt(row["mean_a"]), fmt(row["mean_b"]),
+                      _signed(row["diff"]) + _ci(row["ci_low"], row["ci_high"]), fmt(row["p_value"]),
+                      fmt(row["p_holm"]), f"[{style}]{row['verdict']}[/]")
     for row in result["aggregate_only"]:
-        cells = [_fmt(row["value_" + side]) + _ci(row.get(f"ci_low_{side}"), row.get(f"ci_high_{side}"))
+        cells = [fmt(row["value_" + side]) + _ci(row.get(f"ci_low_{side}"), row.get(f"ci_high_{side}"))
                  for side in ("a", "b")]
         note = row["note"]
         if "ks_statistic_a" in row:
-            note += (f"; D {_fmt(row['ks_statistic_a'])} vs {_fmt(row['ks_statistic_b'])}, "
+            note += (f"; D {fmt(row['ks_statistic_a'])} vs {fmt(row['ks_statistic_b'])}, "
                      f"n {row.get('n_a')} vs {row.get('n_b')}")
         diff = row["value_b"] - row["value_a"] if None not in (row["value_a"], row["value_b"]) else None
         table.add_row(row["metric"], "—", *cells, "—" if diff is None else _signed(diff), "—", "—",
@@ -73,17 +73,15 @@ def compare(
     as_json: JsonOpt = False,
 ) -> None:
     """Paired tests of run B against run A on their shared items: is the difference real?"""
-    from obliviate.compare import compare_runs
+    from obliviate.api import compare as compare_runs
     from obliviate.io import write_json
 
-    if n_boot < 1 or not 0 < alpha < 1:
-        raise ConfigError("need --n-boot >= 1 and 0 < --alpha < 1")
     result = compare_runs(run_a, run_b, metrics=metric, all_metrics=all_metrics, n_boot=n_boot, alpha=alpha,
                           seed=seed)
     if out is not None:
         write_json(out, result)
     if as_json:
-        return _print_json(result)
+        return print_json(result)
     console.print(compare_table(result))
     if out is not None:
         console.print(f"results: {out}")
@@ -103,8 +101,8 @@ def seeds_table(summary: dict[str, Any]) -> Table:
         if m is None:
             continue
         arrow = {True: " ↑", False: " ↓"}.get(m.get("higher_is_better"), "")
-        sd = "" if math.isnan(m["sd"]) else f" ± {_fmt(m['sd'])}"
-        table.add_row(label + arrow, _fmt(m["mean"]) + sd, ", ".join(_fmt(v) for v in m["values"]))
+        sd = "" if math.isnan(m["sd"]) else f" ± {fmt(m['sd'])}"
+        table.add_row(label + arrow, fmt(m["mean"]) + sd, ", ".join(fmt(v) for v in m["values"]))
     if "forget_quality/n" in metrics:
         n = metrics["forget_quality/n"]
         table.caption = (f"forget quality n (forget items) per run: {n['values']}, "
@@ -128,31 +126,12 @@ def seeds(
     as_json: JsonOpt = False,
 ) -> None:
     """Mean ± sd over world seeds: run N seeds (--model world:PRESET), or aggregate evaluated RUNS."""
-    from obliviate.compare import aggregate_runs, run_seeds
-    from obliviate.io import write_json
-    from obliviate.workflow import parse_world_spec
+    from obliviate.api import seeds as run_seeds
 
-    if runs and model:
-        raise ConfigError("give either RUNS to aggregate or --model world:PRESET to run seeds, not both")
-    if runs:
-        summary = aggregate_runs(runs)
-        if out is not None:
-            write_json(out / "seeds.json", summary)
-    elif model:
-        if out is None:
-            raise ConfigError("--out is required to run seeds")
-        if n < 1:
-            raise ConfigError("--n must be at least 1")
-        ref = parse_world_spec(model)
-        first = ref.seed if ref is not None else 0
-        summary = run_seeds(model, list(range(first, first + n)), out, method=method, split=split,
-                            overrides=set_ or [], generate=not no_generate, progress=not as_json,
-                            log=None if as_json else console.print)
-    else:
-        raise ConfigError("give evaluated RUNS to aggregate, or --model world:PRESET --n N --out DIR "
-                          "to run seeds")
+    summary = run_seeds(model, runs=runs, method=method, n=n, split=split, overrides=set_ or [], out=out,
+                        generate=not no_generate, progress=not as_json, log=None if as_json else console.print)
     if as_json:
-        return _print_json(summary)
+        return print_json(summary)
     console.print(seeds_table(summary))
     if out is not None:
         console.print(f"results: {out / 'seeds.json'}")
@@ -167,9 +146,9 @@ def protocol_table(result: dict[str, Any]) -> Table:
     for s in result["steps"]:
         a = s["aggregates"]
         fq = a.get("forget_quality", {})
-        fq_cell = (f"{_fmt(fq['value'])} (D={_fmt(fq.get('ks_statistic'))}, n={fq.get('n')})"
+        fq_cell = (f"{fmt(fq['value'])} (D={fmt(fq.get('ks_statistic'))}, n={fq.get('n')})"
                    if fq else "—")
-        cells = [_fmt(a[k]["value"]) if k in a else "—"
+        cells = [fmt(a[k]["value"]) if k in a else "—"
                  for k in ("model_utility", "forget/probability", "forget/rouge", "retain/probability")]
         table.add_row(str(s["step"]), s["split"], str(s["n_forget_items"]), fq_cell, *cells,
                       f"{s['unlearn_seconds']:.1f}")
@@ -192,15 +171,12 @@ def protocol(
     as_json: JsonOpt = False,
 ) -> None:
     """Scalability (growing nested forget sets) or sustainability (disjoint requests in turn), with plots."""
-    from obliviate.protocols import plan_protocol, run_protocol
+    from obliviate.api import protocol as run_protocol
 
-    plan = plan_protocol(name, model, method, [s.strip() for s in splits.split(",") if s.strip()],
-                         overrides=set_ or [], generate=not no_generate, max_items=max_items,
-                         references=not no_references)
-    if out.exists() and not out.is_dir():
-        raise ObliviateError(f"--out {out} is a file; give a directory")
-    result = run_protocol(plan, out, progress=not as_json, log=None if as_json else console.print)
+    result = run_protocol(name, method, out=out, model=model, splits=splits, overrides=set_ or [],
+                          max_items=max_items, generate=not no_generate, references=not no_references,
+                          progress=not as_json, log=None if as_json else console.print)
     if as_json:
-        return _print_json(result)
+        return print_json(result)
     console.print(protocol_table(result))
     console.print(f"results: {out / (name + '.json')}\nplot: {result['plot']}")

@@ -1,0 +1,156 @@
+"""Unlearn, evaluate and attack: one function per CLI command, each returning a typed result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from obliviate.api.types import AttackReport, EvalResult, Items, LoRA, Run
+from obliviate.errors import ConfigError
+
+
+def _spec(model: str | Path | Run) -> str:
+    return str(model.path if isinstance(model, Run) else model)
+
+
+def _pairs(values: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
+    """`{"k": v}` or `["k=v", ...]` as a list of "k=v" strings (how the CLI passes them)."""
+    if values is None:
+        return []
+    if isinstance(values, Mapping):
+        return [f"{k}={v}" for k, v in values.items()]
+    return [str(v) for v in values]
+
+
+def _overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
+    return _pairs(overrides)
+
+
+def _data(data: str | None, model: str) -> str:
+    """The forget split a data spec names; only `world:SPLIT` (on a world model) for now."""
+    from obliviate.workflow import parse_world_spec
+
+    kind, sep, split = (data or "").partition(":")
+    if not sep or kind != "world" or not split:
+        raise ConfigError(f"data={data!r}: expected world:SPLIT (e.g. world:forget10), or forget=/retain= files")
+    if parse_world_spec(model) is None and not Path(model).is_dir():
+        raise ConfigError(f"data={data!r} names the world's sets, but model={model!r} is not world:PRESET")
+    return split
+
+
+def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, out: str | Path,
+            forget: str | Path | None = None, retain: str | Path | None = None, split: str = "forget10",
+            lora: LoRA | str | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
+            config: str | Path | None = None, mapping: Mapping[str, str] | Sequence[str] | None = None,
+            strict: bool = False, resume: bool = False, merge: bool = False, ref: str | None = None,
+            progress: bool = True, log: Callable[[str], None] | None = None) -> Run:
+    """Unlearn with `method` from `model` into the run directory `out`; returns the Run.
+
+    `data="world:forget10"` takes the world's forget/retain split (the model must be `world:...`), or give
+    `forget=` and `retain=` QA files. `overrides` set the method's config keys (`obliviate methods NAME`);
+    `ref` picks how a reference model is held (adapter, precompute, copy or auto). Warnings about the data
+    (e.g. forget items also in the retain set) go to `log`, by default Python's warnings.
+
+        run = ob.unlearn("graddiff", model="world:tiny", data="world:forget10", out="runs/gd",
+                         overrides={"lr": 3e-4})
+    """
+    from obliviate.workflow import run_unlearn
+    from obliviate.workflow.unlearning import ref_override
+
+    spec = _spec(model)
+    if data is not None:
+        if forget is not None:
+            raise ConfigError("give data= or forget=/retain=, not both")
+        split = _data(data, spec)
+    values = _overrides(overrides) + ([ref_override(method, ref)] if ref is not None else [])
+    lora_spec = lora.spec() if isinstance(lora, LoRA) else lora
+    extra = {"log": log} if log is not None else {}
+    summary = run_unlearn(method, spec, Path(out), None if forget is None else str(forget),
+                          None if retain is None else str(retain), split, values,
+                          None if config is None else Path(config), _pairs(mapping), strict, resume,
+                          progress=progress, lora=lora_spec, merge=merge, **extra)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, only the main process writes the run
+        return Run(Path(out), {"method": method, "unlearn": summary}, {})
+    return Run.load(out)
+
+
+def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retain: str | Path | None = None,
+             utility: Mapping[str, str | Path] | Sequence[str] | None = None, holdout: str | Path | None = None,
+             oracle: str | Path | None = None, world: str | None = None, split: str = "forget10",
+             out: str | Path | None = None, mapping: Mapping[str, str] | Sequence[str] | None = None,
+             generate: bool = True, progress: bool = True) -> EvalResult:
+    """Score a run or model with the qa suite (TOFU-style) against its oracle; returns an EvalResult.
+
+    A run from the built-in world is scored on the world's sets against its exact-retrain oracle; other
+    models need `forget=` and `retain=` files (and `oracle=`, a model or an evaluated directory, for
+    forget quality). Results go to `out`, by default the run directory.
+
+        result = ob.evaluate("runs/gd")
+        print(result["forget_quality"], result["model_utility"])
+    """
+    from obliviate.workflow import evaluate_target
+
+    payload = evaluate_target(_spec(model), None if forget is None else str(forget),
+                              None if retain is None else str(retain),
+                              _pairs(utility),
+                              None if holdout is None else str(holdout), None if oracle is None else str(oracle),
+                              split, world, None if out is None else Path(out),
+                              _pairs(mapping), generate, progress)
+    path = Path(out) if out is not None else Path(_spec(model))
+    from obliviate.io import read_jsonl
+
+    return EvalResult(payload["aggregates"], Items(read_jsonl(path / "items.jsonl")), path, payload)
+
+
+def attack(model: str | Path | Run, attacks: Sequence[str] | str = "all", *, oracle: str | Path | None = None,
+           target: str | Path | None = None, world: str | None = None, split: str = "forget10",
+           overrides: Sequence[str] | Mapping[str, Any] | None = None, out: str | Path | None = None,
+           progress: bool = True) -> AttackReport:
+    """Attack a run (and the oracle and target alike); how much forgotten knowledge comes back?
+
+    `attacks` is "all" or names from `obliviate attack list`; `overrides` are `key=value` (every attack)
+    or `attack.key=value`. The results go to `out/attacks.json`, by default the run directory.
+
+        report = ob.attack("runs/gd", ["relearn"], overrides={"relearn.steps": 5})
+    """
+    from obliviate.attacks import ORDER, get_attack
+    from obliviate.attacks.base import run_info
+    from obliviate.attacks.runner import applicable, attack_configs, load_models, run_attacks
+    from obliviate.attacks.summary import robustness_summary, write_attack_results
+    from obliviate.runs import is_run_dir, versions
+
+    names = list(ORDER) if attacks == "all" else [attacks] if isinstance(attacks, str) else list(attacks)
+    for name in names:
+        get_attack(name)
+    spec = _spec(model)
+    configs = attack_configs(names, _overrides(overrides))
+    info = run_info(spec)
+    if set(applicable(names, info, configs)) == set(names):
+        meta: dict[str, Any] = {"run": spec}  # nothing applies: no model is loaded
+        result = run_attacks(names, info, configs, progress=False)
+    else:
+        subjects = load_models(spec, None if oracle is None else str(oracle),
+                               None if target is None else str(target), world, split, progress=progress)
+        result = run_attacks(names, subjects, configs, progress=progress, stop_on_error=len(names) == 1)
+        meta = {"run": spec, "models": subjects.sources, "world": subjects.world.as_dict()}
+    meta["versions"] = versions()
+    where = Path(out) if out is not None else (Path(spec) if is_run_dir(spec) else None)
+    if where is not None:
+        summary = write_attack_results(where, result.reports, result.rows, meta)
+    else:
+        summary = robustness_summary(result.reports)
+    return AttackReport(result.reports, summary, meta, where / "attacks.json" if where else None)
+
+
+def load_model(model: str | Path | Run, split: str = "forget10", progress: bool = True):
+    """(model, tokenizer) for any model spec: `world:PRESET`, a run directory, a local directory or a hub name.
+
+        model, tokenizer = ob.load_model("world:tiny")
+    """
+    from obliviate.workflow import load_model_spec
+
+    loaded, tok, _ = load_model_spec(_spec(model), split, progress=progress)
+    return loaded, tok

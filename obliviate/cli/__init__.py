@@ -1,0 +1,43 @@
+"""The `obliviate` command line (typer): the thin face of `obliviate.api`.
+
+Each module registers one command group on `app` when imported: catalog (methods, metrics), world,
+run (unlearn, eval, demo), attack, bench (bench, report), stats (compare, seeds, protocol), labels
+(reviews), compat. A command parses its options, calls the API and prints.
+
+User errors (`ObliviateError`) print one line on stderr and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from rich.markup import escape
+
+from obliviate.cli.app import app, console, err_console
+from obliviate.errors import ObliviateError
+
+# registered in this order, which is the order of `obliviate --help`
+for _module in ("catalog", "compat", "attack", "bench", "stats", "labels", "run", "world"):
+    importlib.import_module(f"obliviate.cli.{_module}")
+
+__all__ = ["app", "console", "main"]
+
+
+def main() -> None:
+    """The console script's entry point."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars say what is happening
+    try:
+        app()
+    except ObliviateError as exc:
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""CLI commands `methods` and `metrics`: what obliviate offers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from obliviate.cli.app import JsonOpt, app, console, print_json
+
+
+@app.command()
+def methods(name: Annotated[str | None, typer.Argument(help="show one method's config")] = None,
+            as_json: JsonOpt = False) -> None:
+    """List every unlearning method, or show one method's config fields."""
+    from obliviate.config import describe_config
+    from obliviate.methods import METHODS, get_method
+
+    if name is None:
+        rows = [{"name": m.name, "family": m.family, "paper": m.paper, "summary": m.summary}
+                for m in METHODS.values()]
+        if as_json:
+            return print_json(rows)
+        table = Table("method", "family", "paper", "what it does", title="unlearning methods")
+        for r in rows:
+            table.add_row(r["name"], r["family"], r["paper"], r["summary"])
+        return console.print(table)
+    cls = get_method(name)
+    fields = describe_config(cls.Config)
+    if as_json:
+        return print_json({"name": cls.name, "doc": cls.__module__, "fields": [
+            {"name": f, "type": t, "default": d, "help": h} for f, t, d, h in fields]})
+    console.print(f"[bold]{cls.name}[/] ({cls.family}): {cls.summary}\n{cls.paper}")
+    table = Table("field", "type", "default", "help", title=f"{cls.name} config (--set key=value)")
+    for row in fields:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+def metrics(as_json: JsonOpt = False) -> None:
+    """List every metric with its direction."""
+    from obliviate.metrics.registry import METRICS
+
+    rows = [{"name": m.name, "higher_is_better": m.higher_is_better, "suite": m.suite,
+             "description": m.description} for m in METRICS.values()]
+    if as_json:
+        return print_json(rows)
+    arrow = {True: "↑", False: "↓", None: "target"}
+    table = Table("metric", "better", "suite", "definition", title="metrics")
+    for r in rows:
+        table.add_row(r["name"], arrow[r["higher_is_better"]], r["suite"], r["description"])
+    console.print(table)
+
+

@@ -1,0 +1,170 @@
+"""CLI commands that unlearn and evaluate: `unlearn`, `eval` (every suite) and `demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from obliviate.cli.app import JsonOpt, app, console, print_json, warn
+from obliviate.cli.world import Preset, Seed, Split
+from obliviate.errors import ObliviateError
+from obliviate.tables import fmt, side_by_side
+
+# -- unlearn -----------------------------------------------------------------------------------------
+
+@app.command()
+def unlearn(
+    method: Annotated[str, typer.Option("--method", "-m", help="method name (see `obliviate methods`)")],
+    model: Annotated[str, typer.Option(help="world:PRESET[@SEED][:ARCH], a run dir, a local HF dir or a hub name")],
+    out: Annotated[Path, typer.Option(help="run directory to write")],
+    forget: Annotated[str | None, typer.Option(help="forget set file/dir/hub name (QA schema)")] = None,
+    retain: Annotated[str | None, typer.Option(help="retain set file/dir/hub name (QA schema)")] = None,
+    split: Split = "forget10",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
+    config: Annotated[Path | None, typer.Option(help="method config file (.yaml/.toml/.json)")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
+    strict: Annotated[bool, typer.Option(help="make forget/retain overlap an error")] = False,
+    resume: Annotated[bool, typer.Option(help="continue a stopped run from its last checkpoint")] = False,
+    lora: Annotated[str | None, typer.Option(help="train a LoRA adapter: r=8,alpha=16,targets=all-linear")] = None,
+    merge: Annotated[bool, typer.Option(help="with --lora: save merged full weights, not the adapter")] = False,
+    ref: Annotated[str | None, typer.Option(
+        help="reference model π_ref (NPO, KL, IdkDPO, ...): adapter (LoRA switched off), precompute (cache its "
+             "forget-set log-probs once, no model held), copy (a frozen copy) or auto")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Unlearn a forget set from a model; writes a run directory."""
+    from accelerate import PartialState
+
+    from obliviate.api import unlearn as run_unlearn
+
+    summary = run_unlearn(method, model, out=out, forget=forget, retain=retain, split=split, lora=lora,
+                          overrides=set_, config=config, mapping=map_, strict=strict, resume=resume, merge=merge,
+                          ref=ref, progress=not as_json, log=warn).summary
+    if not PartialState().is_main_process:
+        return
+    if as_json:
+        return print_json({"run": str(out), **summary})
+    cut = summary.get("truncated", {})
+    if any(cut.values()):
+        console.print(f"[yellow]note:[/] truncated to max_length: {cut.get('forget', 0)} forget and "
+                      f"{cut.get('retain', 0)} retain items")
+    if isinstance(summary.get("classifier"), dict):
+        from obliviate.interventions.classifier import report_table
+
+        table = report_table(summary["classifier"])
+        if table is not None:
+            console.print(table)
+    console.print(f"unlearned with {method} in {summary['train_seconds']:.1f}s, {summary['steps']} steps; "
+                  f"run directory: {out}\nnext: obliviate eval {out}")
+
+
+# -- eval --------------------------------------------------------------------------------------------
+
+def print_lm_eval(metrics: dict[str, Any], out: Path) -> None:
+    from obliviate.evals.lm_eval import RESULTS_FILE
+
+    table = Table("task", "metric", "value", "± stderr", "samples", title="lm-evaluation-harness")
+    for task, row in metrics.items():
+        for key, value in row.items():
+            if key == "samples" or key.endswith("_stderr") or "_stderr/" in key:
+                continue
+            metric, _, filt = key.partition("/")
+            stderr = row.get(f"{metric}_stderr/{filt}" if filt else f"{metric}_stderr")
+            table.add_row(task, key, fmt(value), fmt(stderr), str(row.get("samples", "")))
+    console.print(table)
+    console.print(f"results: {out / RESULTS_FILE}")
+
+
+@app.command("eval")
+def eval_cmd(
+    target: Annotated[str, typer.Argument(help="a run dir, world:PRESET[@SEED], a local HF dir or a hub name")],
+    forget: Annotated[str | None, typer.Option(help="forget QA set (default: the world's)")] = None,
+    retain: Annotated[str | None, typer.Option(help="retain QA set")] = None,
+    utility: Annotated[list[str] | None, typer.Option(help="utility QA set NAME=PATH (repeatable)")] = None,
+    holdout: Annotated[str | None, typer.Option(help="never-trained QA set, for membership inference")] = None,
+    oracle: Annotated[str | None, typer.Option(help="oracle: a model, or an eval/run dir with items.jsonl; "
+                                               "default for world runs: the world's oracle")] = None,
+    split: Split = "forget10",
+    world: Annotated[str | None, typer.Option(help="PRESET[@SEED][:ARCH]: use this world's sets and oracle")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write results (default: the run dir)")] = None,
+    suite: Annotated[str, typer.Option(help="evaluation suite")] = "qa",
+    map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
+    no_generate: Annotated[bool, typer.Option("--no-generate", help="skip generation (no ROUGE)")] = False,
+    lm_eval: Annotated[str | None, typer.Option(
+        "--lm-eval", metavar="TASKS", help="lm-evaluation-harness tasks, e.g. mmlu,arc_easy: run these instead "
+        "of a suite (needs the lm-eval extra); writes lm_eval.json")] = None,
+    lm_eval_limit: Annotated[int | None, typer.Option(
+        "--lm-eval-limit", min=1, metavar="N", help="with --lm-eval: score at most N documents per task")] = None,
+    lm_eval_include: Annotated[Path | None, typer.Option(
+        "--lm-eval-include", metavar="DIR", help="with --lm-eval: a directory of local task YAML files")] = None,
+    lm_eval_fewshot: Annotated[int | None, typer.Option(
+        "--lm-eval-fewshot", min=0, metavar="K", help="with --lm-eval: in-context examples (default: each "
+        "task's own)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a model or run with the qa suite (TOFU-style), against an oracle when one is given.
+
+    With --lm-eval, run lm-evaluation-harness tasks on the model (general utility) instead.
+    """
+    from obliviate.workflow.suites import evaluate_lm_eval_target
+
+    if lm_eval is not None:  # general utility through lm-evaluation-harness (see obliviate/evals/lm_eval.py)
+        metrics, where = evaluate_lm_eval_target(
+            target, lm_eval, lm_eval_limit, lm_eval_include, lm_eval_fewshot, split, out, progress=not as_json,
+            unused={"--suite": suite if suite != "qa" else None, "--forget": forget, "--retain": retain,
+                    "--utility": utility, "--holdout": holdout, "--oracle": oracle, "--world": world,
+                    "--map": map_, "--no-generate": no_generate})
+        return print_json(metrics) if as_json else print_lm_eval(metrics, where)
+    for flag, value in (("--lm-eval-limit", lm_eval_limit), ("--lm-eval-include", lm_eval_include),
+                        ("--lm-eval-fewshot", lm_eval_fewshot)):
+        if value is not None:
+            raise ObliviateError(f"{flag} needs --lm-eval TASKS")
+    if suite == "text":  # MUSE-style; --forget names MUSE-format data (see obliviate/cli/text.py)
+        from obliviate.cli.text import eval_text
+
+        eval_text(target, forget, oracle, split, world, out, not no_generate, as_json,
+                  unused={"--retain": retain, "--utility": utility, "--holdout": holdout, "--map": map_})
+        return
+    if suite == "labels":  # the labelled-text review task (see obliviate/cli/labels.py)
+        from obliviate.cli.labels import eval_labels
+
+        eval_labels(target, world, oracle, out, as_json,
+                    unused={"--forget": forget, "--retain": retain, "--utility": utility, "--holdout": holdout})
+        return
+    if suite != "qa":
+        raise ObliviateError(f"unknown suite '{suite}' (available: qa, text, labels)")
+    from obliviate.api import evaluate
+
+    result = evaluate(target, forget=forget, retain=retain, utility=utility, holdout=holdout, oracle=oracle,
+                      world=world, split=split, out=out, mapping=map_, generate=not no_generate,
+                      progress=not as_json)
+    if as_json:
+        return print_json(result.payload)
+    console.print(side_by_side({Path(target).name or target: result.aggregates}, "qa suite"))
+    console.print(f"results: {result.path / 'results.json'}")
+
+
+# -- demo --------------------------------------------------------------------------------------------
+
+@app.command()
+def demo(
+    preset: Preset = "small",
+    seed: Seed = 0,
+    split: Split = "forget10",
+    method: Annotated[str, typer.Option(help="unlearning method")] = "graddiff",
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Unlearn forget10 from the built-in world's model and compare it with the exact-retrain oracle."""
+    from obliviate.api import demo as run_demo
+
+    story = run_demo(preset, seed, split, method, out, progress=not as_json,
+                     log=None if as_json else console.print)
+    if as_json:
+        return print_json(story)
+    console.print(side_by_side(story["models"], f"world:{preset}@{seed} {split} — {method} vs target vs oracle"))
+    console.print(f"run directory: {out}  ({story['seconds']:.0f}s)\n"
+                  "↑/↓: higher/lower is better; forget quality near 1 means indistinguishable from the oracle.")

@@ -1,0 +1,172 @@
+"""The qa suite as a workflow: the sets to score, the oracle to compare with, cached world evaluations.
+
+`evaluate` scores one loaded model and writes `results.json` and `items.jsonl`; `evaluate_target`
+resolves a target spec, its sets and its oracle first, the way `obliviate eval` does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from obliviate.data.schema import QAItem
+from obliviate.errors import ObliviateError
+from obliviate.io import read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from obliviate.workflow.specs import WorldRef, load_model_spec, parse_world_spec, world_models
+
+
+@dataclass
+class EvalSets:
+    forget: list[QAItem]
+    retain: list[QAItem]
+    utility: dict[str, list[QAItem]] = field(default_factory=dict)
+    holdout: list[QAItem] | None = None
+
+    def hashes(self) -> dict[str, str]:
+        from obliviate.data import data_hash
+
+        out = {"forget": data_hash(self.forget), "retain": data_hash(self.retain)}
+        out.update({f"utility/{k}": data_hash(v) for k, v in self.utility.items()})
+        if self.holdout:
+            out["holdout"] = data_hash(self.holdout)
+        return out
+
+
+def world_eval_sets(ref: WorldRef) -> EvalSets:
+    from obliviate.world import get_world
+
+    world = get_world(ref.preset, ref.seed)
+    return EvalSets(world.forget_set(ref.split), world.retain_set(ref.split), world.utility_sets(),
+                    world.holdout_set())
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+
+def eval_cache_dir() -> Path:
+    from obliviate.world import obliviate_home
+
+    return obliviate_home() / "evals"
+
+
+def evaluate(
+    model,
+    tokenizer,
+    sets: EvalSets,
+    out_dir: Path | None,
+    oracle_forget_tr: np.ndarray | None = None,
+    batch_size: int = 32,
+    generate: bool = True,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the qa suite; write results.json and items.jsonl into `out_dir` (atomically)."""
+    from obliviate.evals.qa import run_qa_suite
+    from obliviate.runs import versions
+
+    t0 = time.perf_counter()
+    result = run_qa_suite(model, tokenizer, sets.forget, sets.retain, sets.utility, sets.holdout,
+                          oracle_forget_tr=oracle_forget_tr, batch_size=batch_size, generate=generate)
+    payload = {"suite": "qa", "aggregates": result.aggregates, "eval_seconds": time.perf_counter() - t0,
+               "data_hashes": sets.hashes(), "versions": versions(), **(config or {})}
+    items = result.items()
+    if out_dir is not None:
+        write_jsonl(Path(out_dir) / "items.jsonl", items)
+        write_json(Path(out_dir) / "results.json", payload)
+    payload["_forget_truth_ratios"] = result.forget_truth_ratios()
+    return payload
+
+
+def cached_world_eval(ref: WorldRef, role: str, model_dir: Path, sets: EvalSets, oracle_tr=None) -> dict[str, Any]:
+    """Evaluate a world model (target/oracle) once and cache results next to the world cache."""
+    from obliviate.models.loading import load_model
+
+    key = stable_hash({"model": str(model_dir), "data": sets.hashes(), "oracle": None if oracle_tr is None
+                       else stable_hash(np.nan_to_num(oracle_tr).round(6).tolist())})
+    out = eval_cache_dir() / f"{ref.preset}-{ref.seed}-{ref.split}-{role}-{key}"
+    if (out / "results.json").exists():
+        payload = read_json(out / "results.json")
+        rows = read_jsonl(out / "items.jsonl")
+        payload["_forget_truth_ratios"] = np.array([r["truth_ratio"] for r in rows if r["set"] == "forget"])
+        return payload
+    model, tok = load_model(model_dir)
+    return evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, config={"role": role})
+
+
+def oracle_truth_ratios(spec: str | Path) -> np.ndarray:
+    """Forget-set truth ratios of an oracle given as an eval/run directory with items.jsonl."""
+    path = Path(spec)
+    items = path / "items.jsonl" if path.is_dir() else path
+    if not items.is_file():
+        raise ObliviateError(f"{spec}: no items.jsonl with the oracle's per-item results")
+    from obliviate.evals.qa import oracle_truth_ratios_from_items
+
+    return oracle_truth_ratios_from_items(read_jsonl(items))
+
+
+def load_eval_sets(target_ref: WorldRef | None, forget: str | None, retain: str | None,
+                   utility: list[str] | None = None, holdout: str | None = None,
+                   mapping: list[str] | None = None) -> EvalSets:
+    """The qa suite's sets: the given files (forget, retain, NAME=PATH utility sets, holdout), else the world's."""
+    from obliviate.data import load_items, parse_mapping
+
+    if forget is None:
+        if target_ref is None:
+            raise ObliviateError("--forget and --retain are required unless the model comes from the world")
+        return world_eval_sets(target_ref)
+    cols = parse_mapping(mapping) if mapping else None
+    if retain is None:
+        raise ObliviateError("--retain is required with --forget")
+    util = {}
+    for spec in utility or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise ObliviateError(f"--utility {spec!r}: expected NAME=PATH")
+        util[name] = load_items(path, "qa", cols)
+    return EvalSets(load_items(forget, "qa", cols), load_items(retain, "qa", cols), util,
+                    load_items(holdout, "qa", cols) if holdout else None)
+
+
+def resolve_oracle_truth_ratios(oracle: str | None, ref: WorldRef | None, sets: EvalSets, world_sets: bool,
+                                split: str = "forget10", progress: bool = True) -> np.ndarray | None:
+    """The oracle's forget truth ratios: from an eval dir's items.jsonl, by scoring an oracle model, or
+    (for the world's own sets) from the world's cached oracle evaluation; None without an oracle."""
+    if oracle is not None:
+        if Path(oracle).is_dir() and (Path(oracle) / "items.jsonl").exists():
+            return oracle_truth_ratios(oracle)
+        omodel, otok, _ = load_model_spec(oracle, split, progress=False)
+        return evaluate(omodel, otok, sets, None, generate=False)["_forget_truth_ratios"]
+    if ref is not None and world_sets:
+        models = world_models(ref, which=("target", "oracle"), progress=progress)
+        return cached_world_eval(ref, "oracle", models.oracle, sets)["_forget_truth_ratios"]
+    return None
+
+
+def evaluate_target(target: str, forget: str | None = None, retain: str | None = None,
+                    utility: list[str] | None = None, holdout: str | None = None, oracle: str | None = None,
+                    split: str = "forget10", world: str | None = None, out: Path | None = None,
+                    mapping: list[str] | None = None, generate: bool = True,
+                    progress: bool = True) -> dict[str, Any]:
+    """Load `target` (any model spec), score it with the qa suite against its oracle, write the results.
+
+    Returns the results payload (`aggregates`, `eval_seconds`, `data_hashes`, ...); the results go to
+    `out`, which defaults to the target when it is a run directory.
+    """
+    from obliviate.runs import is_run_dir
+
+    model, tok, ref = load_model_spec(target, split, progress=progress)
+    if world is not None:
+        ref = parse_world_spec(f"world:{world}", split)
+    sets = load_eval_sets(ref, forget, retain, utility, holdout, mapping)
+    oracle_tr = resolve_oracle_truth_ratios(oracle, ref, sets, world_sets=forget is None, split=split,
+                                            progress=progress)
+    if out is None:
+        if not is_run_dir(target):
+            raise ObliviateError("--out is required when the target is not a run directory")
+        out = Path(target)
+    payload = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, generate=generate,
+                       config={"target": target, "oracle": oracle})
+    payload.pop("_forget_truth_ratios")
+    return payload

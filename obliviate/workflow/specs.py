@@ -1,0 +1,71 @@
+"""Model specs: which model a string names.
+
+- `world:PRESET[@SEED][:ARCH]`: the built-in world's target (built and cached on first use), e.g.
+  `world:tiny`, `world:small@1`, `world:tiny@0:moe`; ARCH is llama (the default), gpt2 or moe;
+- a run directory (has artifact.json): the model that run produced;
+- a local HF model directory or a hub name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from obliviate.errors import ObliviateError
+from obliviate.io import read_json
+
+
+@dataclass
+class WorldRef:
+    preset: str
+    seed: int
+    split: str
+    arch: str = "llama"
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"preset": self.preset, "seed": self.seed, "split": self.split}
+        return out if self.arch == "llama" else {**out, "arch": self.arch}
+
+
+def parse_world_spec(spec: str, split: str = "forget10") -> WorldRef | None:
+    """`world:PRESET[@SEED][:ARCH]` -> WorldRef (preset default small, seed 0, arch llama); else None."""
+    from obliviate.world.config import ARCHS
+
+    if not spec.startswith("world:"):
+        return None
+    body, _, arch = spec.removeprefix("world:").partition(":")
+    preset, _, seed = body.partition("@")
+    if arch and arch not in ARCHS:
+        raise ObliviateError(f"model spec '{spec}': unknown architecture '{arch}'; choose one of {', '.join(ARCHS)}")
+    try:
+        return WorldRef(preset or "small", int(seed) if seed else 0, split, arch or "llama")
+    except ValueError:
+        raise ObliviateError(f"model spec '{spec}': expected world:PRESET[@SEED][:ARCH]") from None
+
+
+def world_models(ref: WorldRef, which=("target", "oracle"), progress: bool = True):
+    from obliviate.world import build_world_models
+
+    return build_world_models(ref.preset, ref.seed, ref.split, which=which, progress=progress, arch=ref.arch)
+
+
+def load_model_spec(spec: str | Path, split: str = "forget10", progress: bool = True):
+    """(model, tokenizer, WorldRef | None) for any model spec."""
+    from obliviate.models.loading import load_model
+    from obliviate.runs import is_run_dir, load_run_model
+
+    ref = parse_world_spec(str(spec), split)
+    if ref is not None:
+        models = world_models(ref, which=("target",), progress=progress)
+        model, tok = load_model(models.target)
+        return model, tok, ref
+    if is_run_dir(spec):
+        model, tok = load_run_model(spec)
+        cfg = read_json(Path(spec) / "config.json") if (Path(spec) / "config.json").exists() else {}
+        world = cfg.get("world")
+        return model, tok, (WorldRef(**world) if world else None)
+    model, tok = load_model(spec)
+    return model, tok, None
+
+

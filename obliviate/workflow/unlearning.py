@@ -1,0 +1,122 @@
+"""Unlearning as a workflow: one method, one model, one forget set, into a self-describing run directory."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from obliviate.errors import ObliviateError
+from obliviate.workflow.specs import WorldRef, load_model_spec, parse_world_spec
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: torch's peak allocation on a GPU, else the peak resident set size."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _warn(line: str) -> None:
+    warnings.warn(line, stacklevel=3)
+
+
+def load_train_sets(forget: str | None, retain: str | None, ref: WorldRef | None, mapping: list[str],
+                    strict: bool, log: Callable[[str], None] = _warn):
+    """(forget items, retain items): the given QA files, else the world's training split."""
+    from obliviate.data import check_forget_set, check_overlap, load_items, parse_mapping
+
+    cols = parse_mapping(mapping) if mapping else None
+    if forget is None:
+        if ref is None:
+            raise ObliviateError("--forget is required unless the model is world:PRESET")
+        from obliviate.world import get_world
+
+        world = get_world(ref.preset, ref.seed)
+        return world.forget_train(ref.split), world.retain_train(ref.split)
+    forget_items = load_items(forget, "qa", cols)
+    check_forget_set(forget_items, forget)
+    retain_items = load_items(retain, "qa", cols) if retain else []
+    for line in check_overlap(forget_items, retain_items, forget, retain or "", strict=strict):
+        log(line)
+    return forget_items, retain_items
+
+
+def ref_override(method: str, ref: str) -> str:
+    """The `ref=MODE` override for a method's reference model, checked (`unlearn --ref`)."""
+    from typing import get_args
+
+    from obliviate.methods import get_method
+    from obliviate.train.reference import RefMode
+
+    if ref not in get_args(RefMode):
+        raise ObliviateError(f"--ref {ref}: choose one of {', '.join(get_args(RefMode))}")
+    if "ref" not in get_method(method).Config.model_fields:
+        raise ObliviateError(f"--ref: method '{method}' uses no reference model")
+    return f"ref={ref}"
+
+
+def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = None, retain: str | None = None,
+                split: str = "forget10", overrides: list[str] | None = None, config_file: Path | None = None,
+                mapping: list[str] | None = None, strict: bool = False, resume: bool = False,
+                progress: bool = True, lora: str | None = None, merge: bool = False,
+                log: Callable[[str], None] = _warn) -> dict[str, Any]:
+    """Unlearn `model_spec` with `method` into run directory `out`; returns the method's summary."""
+    from obliviate.config import build_config, parse_overrides, read_config_file
+    from obliviate.data import data_hash
+    from obliviate.methods import get_method
+    from obliviate.models.loading import save_model
+    from obliviate.models.lora import apply_lora, parse_lora
+    from obliviate.runs import write_artifact, write_config, write_intervention_artifact
+
+    out = Path(out)
+    cls = get_method(method)
+    values = read_config_file(config_file) if config_file else {}
+    values.update(parse_overrides(overrides or []))
+    config = build_config(cls.Config, values, source=str(config_file) if config_file and not overrides else "--set")
+    ref = parse_world_spec(model_spec, split)
+    forget_items, retain_items = load_train_sets(forget, retain, ref, mapping or [], strict, log)
+    lora_spec = parse_lora(lora) if lora else None
+    inference_time = getattr(cls, "produces", "weights") == "intervention"
+    if inference_time and lora_spec is not None:
+        raise ObliviateError(f"--lora does not apply to {method}: it leaves the weights frozen")
+    model, tok, ref = load_model_spec(model_spec, split, progress=progress)
+    base_path = getattr(model, "name_or_path", None) or model.config._name_or_path
+    if lora_spec is not None:
+        model = apply_lora(model, lora_spec)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    summary = cls(config).unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
+    seconds = time.perf_counter() - t0
+    summary = {**summary, "seconds": seconds, "peak_memory_mb": peak_memory_mb()}
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return summary  # under `accelerate launch`, the main process writes the run
+    if inference_time:  # unlearn() saved out/intervention; the run points at the untouched base model
+        write_intervention_artifact(out, str(base_path), method, summary["intervention"])
+    elif lora_spec is not None and not merge:
+        model.save_pretrained(out / "adapter")
+        tok.save_pretrained(out / "adapter")
+        write_artifact(out, "adapter", path="adapter", base_model=str(base_path), method=method)
+    else:
+        if lora_spec is not None:
+            model = model.merge_and_unload()
+        save_model(model, tok, out / "model")
+        write_artifact(out, "weights", path="model", method=method)
+    write_config(out, {"method": method, "method_config": config.model_dump(), "model": model_spec,
+                       "world": ref.as_dict() if ref else None, "forget": forget, "retain": retain,
+                       "lora": lora, "merged": merge,
+                       "data_hashes": {"forget": data_hash(forget_items), "retain": data_hash(retain_items)},
+                       "unlearn": summary})
+    if isinstance(summary.get("classifier"), dict):  # eco, guard and gated prefix methods
+        from obliviate.runs import write_classifier_report
+
+        write_classifier_report(out, summary["classifier"])
+    return summary
