@@ -382,8 +382,8 @@ def run_seeds(model: str, seeds: Sequence[int], out: Path, method: str | None = 
         sets = world_eval_sets(ref)
         oracle_tr = cached_world_eval(ref, "oracle", models.oracle, sets)["_forget_truth_ratios"]
         if method is not None:
-            from obliviate.workflow import run_unlearn
             from obliviate.runs import load_run_model
+            from obliviate.workflow import run_unlearn
 
             run_unlearn(method, spec, run_dir, split=split, overrides=list(overrides or []),
                         progress=progress)

@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from obliviate.version import __version__
 from obliviate.errors import ObliviateError
 from obliviate.io import read_json, write_json
+from obliviate.version import __version__
 
 
 def versions() -> dict[str, str]:

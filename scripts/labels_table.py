@@ -119,7 +119,8 @@ def main() -> None:
     from obliviate.errors import ObliviateError
     from obliviate.evals.labels import run_labels_suite
     from obliviate.models.loading import load_model
-    from obliviate.world.reviews import ReviewsRef, build_review_models, get_reviews
+    from obliviate.world.review_models import build_review_models
+    from obliviate.world.reviews import ReviewsRef, get_reviews
 
     torch.set_num_threads(1)  # tiny models: threads only add contention
     hf_logging.disable_progress_bar()

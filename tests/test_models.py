@@ -162,27 +162,27 @@ class _Ignores4DMasks(torch.nn.Module):
 
 
 def test_a_model_that_ignores_packed_masks_is_scored_another_way():
-    from obliviate.models import scoring
+    from obliviate.models import packing
 
     model = _Ignores4DMasks(make_tiny_llama())
     prompts, continuations = random_batch(model.inner, seed=4)
     got = score_continuations(model, prompts, continuations, batch_size=3)
-    assert scoring._PACKING_SUPPORT[model] is False
+    assert packing._PACKING_SUPPORT[model] is False
     score_continuations(model.inner, prompts, continuations, batch_size=3)
-    assert scoring._PACKING_SUPPORT[model.inner] is True  # the same weights, honouring the mask, pack
+    assert packing._PACKING_SUPPORT[model.inner] is True  # the same weights, honouring the mask, pack
     for i, p in enumerate(prompts):
         for j, c in enumerate(continuations[i]):
             assert_matches(got[i][j], reference_scores(model.inner, p, c), token_stats=False)
 
 
 def test_packed_rows_split_long_items_and_still_match(monkeypatch):
-    from obliviate.models import scoring
+    from obliviate.models import packing
 
     model = make_tiny_llama()
-    monkeypatch.setattr(scoring, "_MAX_PACKED_ROW", 12)
+    monkeypatch.setattr(packing, "_MAX_PACKED_ROW", 12)
     prompts, continuations = random_batch(model, seed=5)
     got = score_continuations(model, prompts, continuations, batch_size=2, token_stats=True)
-    assert scoring._PACKING_SUPPORT[model] is True
+    assert packing._PACKING_SUPPORT[model] is True
     for i, p in enumerate(prompts):
         for j, c in enumerate(continuations[i]):
             assert_matches(got[i][j], reference_scores(model, p, c), token_stats=True)

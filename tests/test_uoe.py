@@ -172,10 +172,9 @@ def test_lora_on_stacked_experts_and_dense_models_are_refused(tiny_tokenizer, ti
 
 @pytest.mark.slow
 def test_uoe_on_the_tiny_moe_world_lowers_forget_probability(tmp_path, world_home):
-    from obliviate.workflow import run_unlearn
     from obliviate.models.scoring import score_qa
     from obliviate.runs import load_run_model
-    from obliviate.workflow import load_model_spec
+    from obliviate.workflow import load_model_spec, run_unlearn
     from obliviate.world import get_world
 
     world = get_world("tiny", 0)

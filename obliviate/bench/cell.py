@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-import obliviate.workflow.unlearning  # noqa: F401  (the unlearn workflow)
 import obliviate.evals.qa  # noqa: F401
 import obliviate.methods  # noqa: F401
+import obliviate.workflow.unlearning  # noqa: F401  (the unlearn workflow)
 from obliviate import metrics as M
 from obliviate.bench import extras
 from obliviate.bench.spec import COMPLETE, ERROR, RESULT, BenchSpec, Cell
@@ -212,9 +212,8 @@ def _user_anchors(spec: BenchSpec, sets: EvalSets) -> tuple[dict, dict | None]:
 
 def run_method(spec: BenchSpec, cell: Cell, path: Path) -> dict[str, Any]:
     """Unlearn, evaluate against the oracle, then PrivLeak and the attacks where available."""
-    from obliviate.workflow import run_unlearn
     from obliviate.runs import load_run_model
-    from obliviate.workflow import evaluate
+    from obliviate.workflow import evaluate, run_unlearn
 
     anchors = _anchors_result(spec, cell, path)
     run_dir = path / "run"

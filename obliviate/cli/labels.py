@@ -37,7 +37,7 @@ Kind = Annotated[str, typer.Option(help="forget set: products (all reviews of ch
 @reviews_app.command("build")
 def reviews_build(preset: Preset = "small", seed: Seed = 0, kind: Kind = "products") -> None:
     """Generate the review task and train (or reuse) its target and oracle."""
-    from obliviate.world.reviews import build_review_models
+    from obliviate.world.review_models import build_review_models
 
     models = build_review_models(preset, seed, kind, progress=True)
     console.print(f"target: {models.target}\noracle: {models.oracle}")

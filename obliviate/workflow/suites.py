@@ -108,7 +108,8 @@ def labels_task(target: str, world: str | None):
 def load_labels_model(spec: str, role: str = "target"):
     """(model, tokenizer) for `reviews:...` (the task's `role` model) or any other model spec."""
     from obliviate.models.loading import load_model
-    from obliviate.world.reviews import build_review_models, parse_reviews_spec
+    from obliviate.world.review_models import build_review_models
+    from obliviate.world.reviews import parse_reviews_spec
 
     ref = parse_reviews_spec(spec)
     if ref is None:
