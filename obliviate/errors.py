@@ -28,3 +28,7 @@ class DataError(ObliviateError):
 
 class ConfigError(ObliviateError):
     """An unknown method, an unknown or ill-typed config key, or an impossible option."""
+
+
+class ObliviateWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as one line."""

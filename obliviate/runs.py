@@ -72,13 +72,31 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "artifact.json").is_file()
 
 
+def recorded_format(run_dir: str | Path):
+    """The prompt format a run was made with (config.json's "prompt_format"), or None for older runs."""
+    from obliviate.models.prompts import PromptFormat
+
+    config = Path(run_dir) / "config.json"
+    state = read_json(config).get("prompt_format") if config.is_file() else None
+    return PromptFormat.from_state(state) if state else None
+
+
 def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
-    """(model, tokenizer) for any run, whatever kind of method produced it."""
-    from obliviate.models.loading import load_model
+    """(model, tokenizer) for any run, whatever kind of method produced it, in the run's prompt format."""
+    from obliviate.models.prompts import use_format
 
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise ObliviateError(f"{run_dir}: not a run directory (no artifact.json)")
+    model, tokenizer = _load_artifact(run_dir, device, dtype)
+    fmt = recorded_format(run_dir)
+    if fmt is not None:
+        use_format(tokenizer, fmt)
+    return model, tokenizer
+
+
+def _load_artifact(run_dir: Path, device: str, dtype: str):
+    from obliviate.models.loading import load_model
     artifact = read_json(run_dir / "artifact.json")
     kind = artifact.get("kind")
     if kind == "weights":

@@ -8,6 +8,7 @@ from typing import Any
 
 from obliviate.api.types import AttackReport, EvalResult, Items, LoRA, Run
 from obliviate.errors import ConfigError
+from obliviate.models.prompts import PromptFormat
 
 
 def _spec(model: str | Path | Run) -> str:
@@ -27,16 +28,28 @@ def _overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]
     return _pairs(overrides)
 
 
-def _data(data: str | None, model: str) -> str:
-    """The forget split a data spec names; only `world:SPLIT` (on a world model) for now."""
+def _check_data(data: str, model: str) -> None:
+    """A data spec, checked before any model loads (`world:SPLIT` needs a world model)."""
     from obliviate.workflow import parse_world_spec
+    from obliviate.workflow.data import parse_data_spec
 
-    kind, sep, split = (data or "").partition(":")
-    if not sep or kind != "world" or not split:
-        raise ConfigError(f"data={data!r}: expected world:SPLIT (e.g. world:forget10), or forget=/retain= files")
-    if parse_world_spec(model) is None and not Path(model).is_dir():
+    spec = parse_data_spec(data)
+    if spec.benchmark == "world" and parse_world_spec(model) is None and not Path(model).is_dir():
         raise ConfigError(f"data={data!r} names the world's sets, but model={model!r} is not world:PRESET")
-    return split
+
+
+def _format(prompt: str | PromptFormat | None, system_prompt: str | None, chat_kwargs: Mapping[str, str] | None,
+            max_new_tokens: int | None) -> PromptFormat | None:
+    """The prompt format the arguments name; None keeps the model's (a run's own, else plain)."""
+    from obliviate.models.prompts import make_format
+
+    if isinstance(prompt, PromptFormat):
+        return prompt
+    if prompt is None and system_prompt is None and not chat_kwargs and max_new_tokens is None:
+        return None
+    if prompt is None and (system_prompt is not None or chat_kwargs):
+        raise ConfigError("system_prompt and chat_kwargs need prompt='chat'")
+    return make_format(prompt or "plain", system_prompt, dict(chat_kwargs or {}), max_new_tokens)
 
 
 def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, out: str | Path,
@@ -44,13 +57,20 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
             lora: LoRA | str | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
             config: str | Path | None = None, mapping: Mapping[str, str] | Sequence[str] | None = None,
             strict: bool = False, resume: bool = False, merge: bool = False, ref: str | None = None,
-            progress: bool = True, log: Callable[[str], None] | None = None) -> Run:
+            prompt: str | PromptFormat | None = None, system_prompt: str | None = None,
+            chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
+            device: str = "auto", dtype: str = "auto", defaults: str = "auto", progress: bool = True,
+            log: Callable[[str], None] | None = None, info: Callable[[str], None] | None = None) -> Run:
     """Unlearn with `method` from `model` into the run directory `out`; returns the Run.
 
-    `data="world:forget10"` takes the world's forget/retain split (the model must be `world:...`), or give
-    `forget=` and `retain=` QA files. `overrides` set the method's config keys (`obliviate methods NAME`);
-    `ref` picks how a reference model is held (adapter, precompute, copy or auto). Warnings about the data
-    (e.g. forget items also in the retain set) go to `log`, by default Python's warnings.
+    `data` names a benchmark: `"world:forget10"` (the world's split; the model must be `world:...`) or
+    `"tofu:forget10@DIR"` (TOFU from a local copy, or the hub without `@DIR`); or give `forget=` and
+    `retain=` QA files. `prompt="chat"` (with `system_prompt`, `chat_kwargs`) trains in the tokenizer's
+    chat template; the run records the format, and evaluating or attacking it reuses it.
+    `overrides` set the method's config keys (`obliviate methods NAME`);
+    `ref` picks how a reference model is held (adapter, precompute, copy or auto). `defaults` picks the
+    method's paper defaults (7B-scale) or the world's (auto: world for `world:` models, paper otherwise).
+    Warnings about the data (e.g. forget items also in the retain set) go to `log`, by default Python's warnings.
 
         run = ob.unlearn("graddiff", model="world:tiny", data="world:forget10", out="runs/gd",
                          overrides={"lr": 3e-4})
@@ -62,14 +82,16 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
     if data is not None:
         if forget is not None:
             raise ConfigError("give data= or forget=/retain=, not both")
-        split = _data(data, spec)
+        _check_data(data, spec)
     values = _overrides(overrides) + ([ref_override(method, ref)] if ref is not None else [])
     lora_spec = lora.spec() if isinstance(lora, LoRA) else lora
     extra = {"log": log} if log is not None else {}
     summary = run_unlearn(method, spec, Path(out), None if forget is None else str(forget),
                           None if retain is None else str(retain), split, values,
                           None if config is None else Path(config), _pairs(mapping), strict, resume,
-                          progress=progress, lora=lora_spec, merge=merge, **extra)
+                          progress=progress, lora=lora_spec, merge=merge,
+                          fmt=_format(prompt, system_prompt, chat_kwargs, max_new_tokens), device=device, dtype=dtype,
+                          data=data, defaults=defaults, info=info, **extra)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, only the main process writes the run
@@ -81,11 +103,16 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
              utility: Mapping[str, str | Path] | Sequence[str] | None = None, holdout: str | Path | None = None,
              oracle: str | Path | None = None, world: str | None = None, split: str = "forget10",
              out: str | Path | None = None, mapping: Mapping[str, str] | Sequence[str] | None = None,
-             generate: bool = True, progress: bool = True) -> EvalResult:
+             generate: bool = True, data: str | None = None, legacy: bool = False,
+             prompt: str | PromptFormat | None = None, system_prompt: str | None = None,
+             chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
+             batch_size: int = 32, device: str = "auto", dtype: str = "auto", progress: bool = True) -> EvalResult:
     """Score a run or model with the qa suite (TOFU-style) against its oracle; returns an EvalResult.
 
-    A run from the built-in world is scored on the world's sets against its exact-retrain oracle; other
-    models need `forget=` and `retain=` files (and `oracle=`, a model or an evaluated directory, for
+    A run from the built-in world is scored on the world's sets against its exact-retrain oracle; a run
+    unlearned with `data=` on that data (`data="tofu:forget10@DIR"` names it for any model, `legacy=True`
+    keeps TOFU's first 300 items); other models need `forget=` and `retain=` files (and `oracle=`, a model
+    or an evaluated directory, for
     forget quality). Results go to `out`, by default the run directory.
 
         result = ob.evaluate("runs/gd")
@@ -98,7 +125,9 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
                               _pairs(utility),
                               None if holdout is None else str(holdout), None if oracle is None else str(oracle),
                               split, world, None if out is None else Path(out),
-                              _pairs(mapping), generate, progress)
+                              _pairs(mapping), generate, progress,
+                              fmt=_format(prompt, system_prompt, chat_kwargs, max_new_tokens), device=device,
+                              dtype=dtype, batch_size=batch_size, data=data, legacy=legacy)
     path = Path(out) if out is not None else Path(_spec(model))
     from obliviate.io import read_jsonl
 

@@ -14,7 +14,7 @@ import sys
 
 from rich.markup import escape
 
-from obliviate.cli.app import app, console, err_console
+from obliviate.cli.app import app, console, err_console, show_warnings
 from obliviate.errors import ObliviateError
 
 # registered in this order, which is the order of `obliviate --help`
@@ -29,6 +29,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars say what is happening
+    show_warnings()
     try:
         app()
     except ObliviateError as exc:

@@ -22,6 +22,20 @@ err_console = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of a table")]
 
+# How questions become prompts (obliviate.models.prompts); a run records its format, eval and attack reuse it.
+PromptOpt = Annotated[str | None, typer.Option(
+    "--prompt", help="prompt format: plain ('Question: ...\\nAnswer:') or chat (the tokenizer's chat template); "
+    "default: the run's, else plain")]
+SystemPromptOpt = Annotated[str | None, typer.Option("--system-prompt", help="with --prompt chat: a system turn")]
+ChatKwargsOpt = Annotated[list[str] | None, typer.Option(
+    "--chat-kwargs", help="with --prompt chat: a template variable KEY=VALUE, e.g. date_string='10 Apr 2025'")]
+MaxNewTokensOpt = Annotated[int | None, typer.Option(
+    "--max-new-tokens", help="generation budget (default: 32 plain, 200 chat as TOFU)")]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", help="a benchmark: world:SPLIT or tofu:forget01|05|10[@DIR] (a local copy, else the hub)")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")]
+
 
 def print_json(obj: Any) -> None:
     """Print `obj` as indented JSON (numpy values and paths included)."""
@@ -33,3 +47,35 @@ def print_json(obj: Any) -> None:
 def warn(line: str) -> None:
     """A one-line warning on the console."""
     console.print(f"[yellow]warning:[/] {line}", highlight=False)
+
+
+def prompt_format(prompt: str | None, system_prompt: str | None, chat_kwargs: list[str] | None,
+                  max_new_tokens: int | None):
+    """The PromptFormat the prompt options name, or None when none is given (the run's or plain)."""
+    from obliviate.errors import ConfigError
+    from obliviate.models.prompts import make_format, parse_chat_kwargs
+
+    if prompt is None:
+        if system_prompt is not None or chat_kwargs:
+            raise ConfigError("--system-prompt and --chat-kwargs need --prompt chat")
+        if max_new_tokens is None:
+            return None
+        prompt = "plain"
+    return make_format(prompt, system_prompt, parse_chat_kwargs(chat_kwargs), max_new_tokens)
+
+
+def show_warnings() -> None:
+    """Print obliviate's own warnings as one line each on stderr: `warning: ...`."""
+    import warnings
+
+    from obliviate.errors import ObliviateWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ObliviateWarning):
+            err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

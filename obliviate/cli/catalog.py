@@ -26,15 +26,20 @@ def methods(name: Annotated[str | None, typer.Argument(help="show one method's c
         for r in rows:
             table.add_row(r["name"], r["family"], r["paper"], r["summary"])
         return console.print(table)
+    from obliviate.methods.defaults import paper_values
+
     cls = get_method(name)
     fields = describe_config(cls.Config)
+    paper = paper_values(cls)
     if as_json:
         return print_json({"name": cls.name, "doc": cls.__module__, "fields": [
-            {"name": f, "type": t, "default": d, "help": h} for f, t, d, h in fields]})
+            {"name": f, "type": t, "default": d, "paper": repr(paper[f]) if f in paper else d, "help": h}
+            for f, t, d, h in fields]})
     console.print(f"[bold]{cls.name}[/] ({cls.family}): {cls.summary}\n{cls.paper}")
-    table = Table("field", "type", "default", "help", title=f"{cls.name} config (--set key=value)")
-    for row in fields:
-        table.add_row(*row)
+    table = Table("field", "type", "world default", "paper default", "help",
+                  title=f"{cls.name} config (--set key=value; --defaults paper|world)")
+    for f, t, d, h in fields:
+        table.add_row(f, t, d, repr(paper[f]) if f in paper else d, h)
     console.print(table)
 
 

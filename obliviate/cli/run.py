@@ -8,7 +8,21 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from obliviate.cli.app import JsonOpt, app, console, print_json, warn
+from obliviate.cli.app import (
+    ChatKwargsOpt,
+    DataOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxNewTokensOpt,
+    PromptOpt,
+    SystemPromptOpt,
+    app,
+    console,
+    print_json,
+    prompt_format,
+    warn,
+)
 from obliviate.cli.world import Preset, Seed, Split
 from obliviate.errors import ObliviateError
 from obliviate.tables import fmt, side_by_side
@@ -33,6 +47,15 @@ def unlearn(
     ref: Annotated[str | None, typer.Option(
         help="reference model π_ref (NPO, KL, IdkDPO, ...): adapter (LoRA switched off), precompute (cache its "
              "forget-set log-probs once, no model held), copy (a frozen copy) or auto")] = None,
+    data: DataOpt = None,
+    prompt: PromptOpt = None,
+    system_prompt: SystemPromptOpt = None,
+    chat_kwargs: ChatKwargsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    defaults: Annotated[str, typer.Option(help="method defaults: paper (7B-scale, the paper's code), world (tuned "
+                                               "on the built-in world) or auto (world for world: models)")] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Unlearn a forget set from a model; writes a run directory."""
@@ -40,9 +63,11 @@ def unlearn(
 
     from obliviate.api import unlearn as run_unlearn
 
-    summary = run_unlearn(method, model, out=out, forget=forget, retain=retain, split=split, lora=lora,
+    fmt = prompt_format(prompt, system_prompt, chat_kwargs, max_new_tokens)
+    summary = run_unlearn(method, model, data, out=out, forget=forget, retain=retain, split=split, lora=lora,
                           overrides=set_, config=config, mapping=map_, strict=strict, resume=resume, merge=merge,
-                          ref=ref, progress=not as_json, log=warn).summary
+                          ref=ref, prompt=fmt, device=device, dtype=dtype, defaults=defaults, progress=not as_json,
+                          log=warn, info=None if as_json else _info).summary
     if not PartialState().is_main_process:
         return
     if as_json:
@@ -59,6 +84,10 @@ def unlearn(
             console.print(table)
     console.print(f"unlearned with {method} in {summary['train_seconds']:.1f}s, {summary['steps']} steps; "
                   f"run directory: {out}\nnext: obliviate eval {out}")
+
+
+def _info(line: str) -> None:
+    console.print(line, highlight=False)
 
 
 # -- eval --------------------------------------------------------------------------------------------
@@ -103,6 +132,17 @@ def eval_cmd(
     lm_eval_fewshot: Annotated[int | None, typer.Option(
         "--lm-eval-fewshot", min=0, metavar="K", help="with --lm-eval: in-context examples (default: each "
         "task's own)")] = None,
+    data: DataOpt = None,
+    legacy_subset: Annotated[bool, typer.Option(
+        "--legacy-subset", help="with --data tofu:...: TOFU's first 300 items of each set, as its published "
+        "evaluation")] = False,
+    prompt: PromptOpt = None,
+    system_prompt: SystemPromptOpt = None,
+    chat_kwargs: ChatKwargsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="items per forward pass and per generation batch")] = 32,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a model or run with the qa suite (TOFU-style), against an oracle when one is given.
@@ -139,8 +179,9 @@ def eval_cmd(
     from obliviate.api import evaluate
 
     result = evaluate(target, forget=forget, retain=retain, utility=utility, holdout=holdout, oracle=oracle,
-                      world=world, split=split, out=out, mapping=map_, generate=not no_generate,
-                      progress=not as_json)
+                      world=world, split=split, out=out, mapping=map_, generate=not no_generate, data=data,
+                      legacy=legacy_subset, prompt=prompt_format(prompt, system_prompt, chat_kwargs, max_new_tokens),
+                      batch_size=batch_size, device=device, dtype=dtype, progress=not as_json)
     if as_json:
         return print_json(result.payload)
     console.print(side_by_side({Path(target).name or target: result.aggregates}, "qa suite"))

@@ -35,7 +35,7 @@ import numpy as np
 from obliviate import metrics as M
 from obliviate.data.schema import QAItem
 from obliviate.models.generation import generate_answers
-from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat
+from obliviate.models.prompts import PromptFormat
 from obliviate.models.scoring import score_qa
 
 N_BOOT = 1000
@@ -84,10 +84,13 @@ class SetScores:
         return rows
 
 
-def _truth_ratio(scored: list[dict]) -> np.ndarray:
+def _truth_ratio(scored: list[dict], role: str = "forget") -> np.ndarray:
+    """Per item, perturbed over correct (geometric means of P̄). The correct side is the paraphrased answer
+    on the forget and retain sets, and the answer itself on the utility sets (real authors, world facts),
+    as TOFU (`base_answer_key: answer`) and open-unlearning do, even when their files have a paraphrase."""
     ratios = []
     for s in scored:
-        para = s["paraphrased_answer"] or s["answer"]
+        para = s["answer"] if role == "utility" else (s["paraphrased_answer"] or s["answer"])
         pert = s["perturbed_answers"]
         if not pert:
             ratios.append(np.nan)
@@ -104,10 +107,10 @@ def score_set(
     items: Sequence[QAItem],
     name: str,
     role: str,
-    fmt: PromptFormat = DEFAULT_FORMAT,
+    fmt: PromptFormat | None = None,
     batch_size: int = 32,
     generate: bool = True,
-    max_new_tokens: int = 32,
+    max_new_tokens: int | None = None,
 ) -> SetScores:
     """Score one set: all the per-item arrays the aggregates are computed from."""
     need_stats = role in ("forget", "holdout")
@@ -121,7 +124,7 @@ def score_set(
         ])
     else:
         prob = M.answer_probability(nll)
-    ratio = _truth_ratio(scored)
+    ratio = _truth_ratio(scored, role)
     truth_score = M.forget_truth_values(ratio) if role == "forget" else M.retain_truth_values(ratio)
     out = SetScores(name, role, [it.subject for it in items], prob, ratio, truth_score, mean_nll=nll)
     if generate and role != "holdout":
@@ -233,12 +236,15 @@ def run_qa_suite(
     utility: Mapping[str, Sequence[QAItem]] | None = None,
     holdout: Sequence[QAItem] | None = None,
     oracle_forget_tr: np.ndarray | None = None,
-    fmt: PromptFormat = DEFAULT_FORMAT,
+    fmt: PromptFormat | None = None,
     batch_size: int = 32,
     generate: bool = True,
-    max_new_tokens: int = 32,
+    max_new_tokens: int | None = None,
 ) -> QAResult:
-    """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios."""
+    """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios.
+
+    The prompt format and the generation budget are the tokenizer's (`format_of`) unless given.
+    """
     kwargs = dict(fmt=fmt, batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens)
     sets = [score_set(model, tokenizer, forget, "forget", "forget", **kwargs),
             score_set(model, tokenizer, retain, "retain", "retain", **kwargs)]

@@ -74,7 +74,7 @@ import torch
 from obliviate.data.schema import LabelledText
 from obliviate.errors import ConfigError
 from obliviate.interventions.regions import PromptReader, Region, classifier_text
-from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat
+from obliviate.models.prompts import PromptFormat, format_of
 
 MINILM = "minilm"
 HASHING = "hashing"
@@ -328,8 +328,9 @@ class Detector:
         questions, regions = self.reader.read(tokenizer, input_ids, attention_mask)
         return self.classifier.flags(questions), regions, questions
 
-    def flags_items(self, tokenizer, items: Sequence, fmt: PromptFormat = DEFAULT_FORMAT) -> np.ndarray:
+    def flags_items(self, tokenizer, items: Sequence, fmt: PromptFormat | None = None) -> np.ndarray:
         """Whether the gate would flag each item (QA item or labelled text) by its original prompt."""
+        fmt = fmt or format_of(tokenizer)
         texts = [classifier_text(tokenizer, item_prompts(it)[0][0], fmt) for it in items]
         return self.classifier.flags(texts) if texts else np.zeros(0, dtype=bool)
 
@@ -403,7 +404,7 @@ def fit_detector(
     threshold: float | None = None,
     holdout_fraction: float = 0.2,
     seed: int = 0,
-    fmt: PromptFormat = DEFAULT_FORMAT,
+    fmt: PromptFormat | None = None,
     method: str = "prompt classifier",
     prefilter: str | None = None,
     prefilter_retain_share: float = 0.0,
@@ -419,6 +420,7 @@ def fit_detector(
     """
     if not forget or not retain:
         raise ConfigError(f"{method}: the prompt classifier needs forget and retain items")
+    fmt = fmt or format_of(tokenizer)
     seen: dict[str, str] = {}
 
     def text(q: str) -> str:

@@ -26,7 +26,7 @@ _PROBES = ("x", "Who is y?", "What was z.", "a b c!", "1", "Q:")
 
 def prompt_marker(tokenizer, fmt: PromptFormat, questions: Sequence[str] = ()) -> list[int]:
     """The longest token tail shared by every rendered prompt (probes plus `questions`); may be []."""
-    encoded = [encode_prompt(tokenizer, fmt.render(q, tokenizer)) for q in (*_PROBES, *questions)]
+    encoded = [encode_prompt(tokenizer, fmt.render(q, tokenizer), fmt) for q in (*_PROBES, *questions)]
     tail: list[int] = []
     for k in range(1, min(len(e) for e in encoded) + 1):
         token = encoded[0][-k]
@@ -70,11 +70,17 @@ def find_regions(ids: torch.Tensor, mask: torch.Tensor, marker: Sequence[int] | 
     return rows
 
 
-def question_text(text: str, fmt: PromptFormat) -> str:
-    """The question inside a decoded prompt `text` (template text stripped where it matches)."""
-    if fmt.chat or "{question}" not in fmt.question_template:
+def question_text(text: str, fmt: PromptFormat, tokenizer=None) -> str:
+    """The question inside a decoded prompt `text` (the format's text around the question stripped where it matches).
+
+    For a chat format, what surrounds the question (system turn, role names, dates) is read off the
+    template itself, so the classifier sees the question alone under any template.
+    """
+    if fmt.chat and tokenizer is None:
         return text.strip()
-    pre, post = (s.strip() for s in fmt.question_template.split("{question}", 1))
+    if not fmt.chat and "{question}" not in fmt.question_template:
+        return text.strip()
+    pre, post = fmt.question_parts(tokenizer)
     out = text.strip()
     if pre and out.startswith(pre):
         out = out[len(pre) :]
@@ -87,7 +93,7 @@ def decoded_questions(tokenizer, ids: torch.Tensor, regions: Sequence[Region], f
     """The question text of each row's prompt region, as a classifier sees it."""
     spans = [ids[b, r.start : r.prompt_end].tolist() for b, r in enumerate(regions)]
     texts = tokenizer.batch_decode(spans, skip_special_tokens=True)
-    return [question_text(t, fmt) for t in texts]
+    return [question_text(t, fmt, tokenizer) for t in texts]
 
 
 def classifier_text(tokenizer, question: str, fmt: PromptFormat) -> str:
@@ -95,8 +101,8 @@ def classifier_text(tokenizer, question: str, fmt: PromptFormat) -> str:
 
     Training the classifier on exactly this text keeps training and use consistent.
     """
-    ids = encode_prompt(tokenizer, fmt.render(question, tokenizer))
-    return question_text(tokenizer.decode(ids, skip_special_tokens=True), fmt)
+    ids = encode_prompt(tokenizer, fmt.render(question, tokenizer), fmt)
+    return question_text(tokenizer.decode(ids, skip_special_tokens=True), fmt, tokenizer)
 
 
 def phrase_token_ids(tokenizer, phrases: Sequence[str]) -> list[list[int]]:
@@ -116,7 +122,7 @@ def phrase_token_ids(tokenizer, phrases: Sequence[str]) -> list[list[int]]:
 
 def format_state(fmt: PromptFormat) -> dict:
     """A prompt format as JSON (saved with an intervention)."""
-    return {"question_template": fmt.question_template, "answer_prefix": fmt.answer_prefix, "chat": fmt.chat}
+    return fmt.state()
 
 
 @dataclass(frozen=True)
@@ -140,4 +146,4 @@ class PromptReader:
 
     @classmethod
     def from_state(cls, config: dict) -> PromptReader:
-        return cls(tuple(config["marker"]), PromptFormat(**config["format"]))
+        return cls(tuple(config["marker"]), PromptFormat.from_state(config["format"]))

@@ -14,13 +14,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 
 from obliviate.config import StrictConfig
 from obliviate.data.schema import QAItem
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.train.data import UnlearnBatch
 
 
@@ -64,6 +65,8 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_retain: ClassVar[bool] = False
     needs_moe: ClassVar[bool] = False  # runs only on mixture-of-experts models
+    # the paper's defaults for 7B-scale models; the config's own defaults are the world's (methods/defaults.py)
+    paper_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -87,6 +90,7 @@ class FinetuneMethod(Method):
 
     family = "fine-tuning"
     Config = FinetuneConfig
+    paper_defaults: ClassVar[dict[str, Any]] = TOFU_FINETUNE
 
     def setup(self, model, tokenizer, forget: list[QAItem], retain: list[QAItem]) -> None:
         """Optional hook run once before training (e.g. to cache reference log-probs)."""

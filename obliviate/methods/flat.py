@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.idk_sft import RefusalBatches
 from obliviate.train.losses import token_logprobs
 
@@ -71,6 +72,7 @@ class FLATConfig(FinetuneConfig):
 
 
 class FLAT(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE, "batch_size": 16, "divergence": "total_variation"}
     name = "flat"
     paper = "Wang et al. 2025, LLM Unlearning via Loss Adjustment with Only Forget Data (FLAT)"
     summary = "maximise an f-divergence between refusal and forget answers; forget data only"

@@ -52,7 +52,7 @@ from obliviate.interventions.regions import PromptReader, classifier_text
 from obliviate.methods.eco import GateConfig
 from obliviate.methods.inference import LABELLED_OR_QA, InterventionMethod, item_kind
 from obliviate.methods.spul import SENTIMENT_TEMPLATE, LabelFormat
-from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat
+from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat, format_of
 
 
 def _qa_text(question: str, answer: str) -> str:
@@ -125,9 +125,9 @@ class ICULConfig(GateConfig):
     label_template: str = Field(SENTIMENT_TEMPLATE, description="labelled texts: the prompt, with {text}")
 
 
-def prompt_format(kinds: set[type], label_template: str) -> PromptFormat:
-    """The format a query of these items is rendered in: the QA format or the label template."""
-    return LabelFormat(label_template).prompt_format() if LabelledText in kinds else DEFAULT_FORMAT
+def prompt_format(kinds: set[type], label_template: str, tokenizer=None) -> PromptFormat:
+    """The format a query of these items is rendered in: the model's QA format or the label template."""
+    return LabelFormat(label_template).prompt_format() if LabelledText in kinds else format_of(tokenizer)
 
 
 class ICUL(InterventionMethod):
@@ -145,7 +145,7 @@ class ICUL(InterventionMethod):
         if len(kinds) > 1:
             raise ConfigError("icul: forget and retain must be the same kind of item (QA or labelled text)")
         forget = list(forget)[: cfg.max_forget] if cfg.max_forget else list(forget)
-        fmt = prompt_format(kinds, cfg.label_template)
+        fmt = prompt_format(kinds, cfg.label_template, tokenizer)
         flipped, correct = icul_examples(forget, list(retain), cfg.n_correct, LabelFormat(cfg.label_template),
                                          cfg.separator, cfg.seed)
         encode = lambda texts: [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731

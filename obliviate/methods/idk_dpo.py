@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.idk_sft import RefusalBatches
 from obliviate.train.losses import answer_nll, ce_loss
 from obliviate.train.reference import Reference, ReferenceConfig
@@ -44,6 +45,7 @@ class IdkDPOConfig(FinetuneConfig, ReferenceConfig):
 
 
 class IdkDPO(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE}
     name = "idk_dpo"
     paper = ("Rafailov et al. 2023, Direct Preference Optimization; "
              "as the TOFU IdkDPO baseline (Maini et al. 2024)")

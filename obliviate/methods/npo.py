@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.kl import retain_kl
 from obliviate.train.losses import answer_nll, ce_loss
 from obliviate.train.reference import Reference, ReferenceConfig
@@ -44,6 +45,7 @@ class NPOConfig(FinetuneConfig, ReferenceConfig):
 
 
 class NPO(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE, "epochs": 10, "warmup_ratio": 0.1}
     name = "npo"
     paper = ("Zhang et al. 2024, Negative Preference Optimization: "
              "From Catastrophic Collapse to Effective Unlearning")

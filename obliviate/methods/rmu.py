@@ -121,6 +121,9 @@ class RMUConfig(FinetuneConfig):
 
 
 class RMU(FinetuneMethod):
+    # WMDP's recipe (layer 7 of 32, layers 5-7): the layer stays relative to depth here (`layer`'s default)
+    paper_defaults = {"lr": 5e-5, "epochs": 1, "max_steps": 150, "batch_size": 4, "grad_accum": 1,
+                      "steering_coeff": 6.5, "alpha": 1200.0, "warmup_ratio": 0.0, "weight_decay": 0.0}
     name = "rmu"
     paper = "Li et al. 2024, The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning"
     summary = "steer layer-ℓ activations on forget data to a random vector, pin them on retain data"

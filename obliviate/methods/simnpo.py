@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.train.losses import answer_nll, ce_loss
 
 
@@ -41,6 +42,7 @@ class SimNPOConfig(FinetuneConfig):
 
 
 class SimNPO(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE, "epochs": 10, "warmup_ratio": 0.1}
     name = "simnpo"
     paper = ("Fan et al. 2024, Simplicity Prevails: "
              "Rethinking Negative Preference Optimization for LLM Unlearning")

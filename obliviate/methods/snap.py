@@ -50,6 +50,7 @@ from obliviate.data.refusals import REFUSALS
 from obliviate.data.schema import QAItem
 from obliviate.errors import ConfigError
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.idk_sft import RefusalBatches
 from obliviate.train.data import collate, encode_items
 from obliviate.train.losses import ce_loss
@@ -68,6 +69,7 @@ class SNAPConfig(FinetuneConfig):
 
 
 class SNAP(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE, "epochs": 3}
     name = "snap"
     paper = "Choi et al. 2024, SNAP: Unlearning Selective Knowledge in Large Language Models with Negative Instructions"
     summary = "refuse forget questions, keep neighbours' answers, stay Wasserstein-close to the initial weights"

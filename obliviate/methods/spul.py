@@ -57,7 +57,7 @@ from obliviate.interventions.prefix import SoftPrompt, tokenizer_bos
 from obliviate.interventions.training import train_parameters
 from obliviate.methods.eco import GateConfig
 from obliviate.methods.inference import LABELLED_OR_QA, InterventionMethod, item_kind
-from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat, encode_answer, encode_pair, encode_prompt
+from obliviate.models.prompts import PromptFormat, encode_answer, encode_pair, encode_prompt, format_of
 from obliviate.train.data import IGNORE
 
 SENTIMENT_TEMPLATE = "### Text: {text}\n\n### Question: What is the sentiment of the given text?\n\n### Sentiment:"
@@ -101,12 +101,12 @@ def build_examples(tokenizer, forget: Sequence, retain: Sequence, label_fmt: Lab
             generic = generic_labels[int(torch.randint(len(generic_labels), (1,), generator=rng))]
             out.append(Example(*label_fmt.encode(tokenizer, item.text, generic), forget=True))
         else:
-            out.append(Example(*encode_pair(tokenizer, item.question, refusal_for(i, seed), DEFAULT_FORMAT), True))
+            out.append(Example(*encode_pair(tokenizer, item.question, refusal_for(i, seed)), True))
     for item in retain:
         if isinstance(item, LabelledText):
             out.append(Example(*label_fmt.encode(tokenizer, item.text, item.label), forget=False))
         else:
-            out.append(Example(*encode_pair(tokenizer, item.question, item.answer, DEFAULT_FORMAT), False))
+            out.append(Example(*encode_pair(tokenizer, item.question, item.answer), False))
     return out
 
 
@@ -178,6 +178,7 @@ class SPULConfig(GateConfig):
 
 
 class SPUL(InterventionMethod):
+    paper_defaults = {"lr": 1e-4, "epochs": 10, "batch_size": 32, "num_tokens": 30, "max_grad_norm": 0.3}
     name = "spul"
     paper = "Bhaila, Van & Wu 2024, Soft Prompting for Unlearning in Large Language Models"
     summary = "train only a soft prompt: generic labels / refusals on forget, true targets + KL on retain"
@@ -219,7 +220,7 @@ class SPUL(InterventionMethod):
         if cfg.gate == "classifier":
             # The prompt only ever precedes the prompts the gate flags, so it trains on those: every
             # forget item, and the retain items the classifier flags (its false positives).
-            fmt = LabelFormat(cfg.label_template).prompt_format() if labelled else DEFAULT_FORMAT
+            fmt = LabelFormat(cfg.label_template).prompt_format() if labelled else format_of(tokenizer)
             detector, report = fit_detector(tokenizer, forget, retain, **cfg.detector_kwargs(), fmt=fmt,
                                             method=self.name)
             pool = [item for item, flagged in zip(retain, detector.flags_items(tokenizer, retain, fmt), strict=True)

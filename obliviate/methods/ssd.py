@@ -90,6 +90,7 @@ def dampen(param: torch.Tensor, i_d: torch.Tensor, i_f: torch.Tensor, alpha: flo
 
 
 class SSD(Method):
+    paper_defaults = {"alpha": 10.0, "dampening": 1.0}
     name = "ssd"
     family = "weight surgery"
     paper = "Foster et al. 2024, Fast Machine Unlearning Without Retraining Through Selective Synaptic Dampening"

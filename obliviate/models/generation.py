@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat, encode_prompt
+from obliviate.models.prompts import PromptFormat, encode_prompt, encode_prompts, format_of
 from obliviate.models.scoring import eval_mode, model_device, pad_ids
 
 
@@ -65,9 +65,14 @@ def generate_greedy(
     max_new_tokens: int = 32,
     batch_size: int = 32,
     stop_at: Sequence[str] = ("\n",),
+    stop_ids: Sequence[int] | None = None,
 ) -> list[str]:
-    """Greedy continuations of `prompts` (texts, or token ids as given), in input order."""
+    """Greedy continuations of `prompts` (texts, or token ids as given), in input order.
+
+    A row stops at EOS (or any of `stop_ids`), or once its text holds a stop string.
+    """
     ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
+    eos = list(stop_ids) if stop_ids else tokenizer.eos_token_id
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     stops = [s for s in stop_at if s]
     pad_id = _pad_id(tokenizer)
@@ -87,6 +92,7 @@ def generate_greedy(
                 num_beams=1,
                 use_cache=True,
                 pad_token_id=pad_id,
+                eos_token_id=eos,
                 stopping_criteria=criteria,
             )
             texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
@@ -99,14 +105,20 @@ def generate_answers(
     model,
     tokenizer,
     questions: Sequence[str],
-    fmt: PromptFormat = DEFAULT_FORMAT,
-    max_new_tokens: int = 32,
+    fmt: PromptFormat | None = None,
+    max_new_tokens: int | None = None,
     batch_size: int = 32,
-    stop_at: Sequence[str] = ("\n",),
+    stop_at: Sequence[str] | None = None,
 ) -> list[str]:
-    """Greedy answers to `questions`, each rendered as a prompt by `fmt`."""
-    prompts = [encode_prompt(tokenizer, fmt.render(q, tokenizer)) for q in questions]
-    return generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, stop_at)
+    """Greedy answers to `questions`, each rendered as a prompt by `fmt` (default: the tokenizer's format).
+
+    The budget and the stops are the format's unless given: plain stops at a newline, chat at the
+    template's end-of-turn token; both at EOS.
+    """
+    fmt = fmt or format_of(tokenizer)
+    prompts = encode_prompts(tokenizer, [fmt.render(q, tokenizer) for q in questions], fmt)
+    return generate_greedy(model, tokenizer, prompts, max_new_tokens or fmt.max_new_tokens, batch_size,
+                           fmt.stop_strings() if stop_at is None else stop_at, fmt.stop_token_ids(tokenizer))
 
 
 @torch.inference_mode()

@@ -57,7 +57,7 @@ from obliviate.models.batching import (  # noqa: F401  (re-exported: the public 
     pad_ids,
 )
 from obliviate.models.packing import _honours_packed_masks, _score_packed
-from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat, encode_answers, encode_prompts
+from obliviate.models.prompts import PromptFormat, encode_qa, format_of
 
 # ---------------------------------------------------------------------------------------------
 # Shared-prompt scoring
@@ -230,7 +230,7 @@ def score_qa(
     model,
     tokenizer,
     items: Sequence,
-    fmt: PromptFormat = DEFAULT_FORMAT,
+    fmt: PromptFormat | None = None,
     fields: Sequence[str] = QA_FIELDS,
     batch_size: int = 32,
     token_stats: bool = False,
@@ -247,15 +247,10 @@ def score_qa(
     unknown = [f for f in fields if f not in QA_FIELDS]
     if unknown:
         raise ConfigError(f"unknown QA field(s) {unknown}; choose from {list(QA_FIELDS)}")
-    # Each prompt is tokenized once and every answer text in one batched call; the ids equal
-    # `encode_pair`'s (tests/test_models.py checks the scores against it).
-    answer_texts = [[fmt.answer_text(a) for a in _answers(item, fields)] for item in items]
-    flat = encode_answers(tokenizer, [t for texts in answer_texts for t in texts], eos=eos)
-    prompts = encode_prompts(tokenizer, [fmt.render(item.question, tokenizer) for item in items])
-    conts, at = [], 0
-    for texts in answer_texts:
-        conts.append(flat[at:at + len(texts)])
-        at += len(texts)
+    # Each prompt is tokenized once and every answer in one batched call; the ids equal `encode_pair`'s
+    # (tests/test_models.py checks the scores against it). The format is the tokenizer's unless given.
+    prompts, conts = encode_qa(tokenizer, [item.question for item in items], [_answers(item, fields) for item in items],
+                               fmt or format_of(tokenizer), eos=eos)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scored = score_continuations(model, prompts, conts, batch_size, token_stats, pad_id, progress)
     results = []

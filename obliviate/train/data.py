@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.data.schema import QAItem
-from obliviate.models.prompts import DEFAULT_FORMAT, PromptFormat, encode_pair
+from obliviate.models.prompts import PromptFormat, encode_qa
 
 IGNORE = -100
 
@@ -27,15 +27,18 @@ class Encoded:
 def encode_items(
     tokenizer,
     items: Sequence[QAItem],
-    fmt: PromptFormat = DEFAULT_FORMAT,
+    fmt: PromptFormat | None = None,
     max_length: int | None = None,
     answers: Sequence[str] | None = None,
 ) -> tuple[list[Encoded], int]:
-    """Encode items (optionally with replacement answers); returns (encoded, number truncated)."""
+    """Encode items (optionally with replacement answers); returns (encoded, number truncated).
+
+    The format is the tokenizer's (`format_of`) unless given, so training sees the prompts scoring sees.
+    """
     out, cut = [], 0
-    for i, item in enumerate(items):
-        answer = answers[i] if answers is not None else item.answer
-        prompt_ids, answer_ids = encode_pair(tokenizer, item.question, answer, fmt)
+    texts = [answers[i] if answers is not None else item.answer for i, item in enumerate(items)]
+    prompts, conts = encode_qa(tokenizer, [item.question for item in items], [[t] for t in texts], fmt)
+    for prompt_ids, (answer_ids,) in zip(prompts, conts, strict=True):
         ids = prompt_ids + answer_ids
         labels = [IGNORE] * len(prompt_ids) + answer_ids
         if max_length is not None and len(ids) > max_length:

@@ -130,13 +130,13 @@ def load_eval_sets(target_ref: WorldRef | None, forget: str | None, retain: str 
 
 
 def resolve_oracle_truth_ratios(oracle: str | None, ref: WorldRef | None, sets: EvalSets, world_sets: bool,
-                                split: str = "forget10", progress: bool = True) -> np.ndarray | None:
+                                split: str = "forget10", progress: bool = True, fmt=None) -> np.ndarray | None:
     """The oracle's forget truth ratios: from an eval dir's items.jsonl, by scoring an oracle model, or
     (for the world's own sets) from the world's cached oracle evaluation; None without an oracle."""
     if oracle is not None:
         if Path(oracle).is_dir() and (Path(oracle) / "items.jsonl").exists():
             return oracle_truth_ratios(oracle)
-        omodel, otok, _ = load_model_spec(oracle, split, progress=False)
+        omodel, otok, _ = load_model_spec(oracle, split, progress=False, fmt=fmt)
         return evaluate(omodel, otok, sets, None, generate=False)["_forget_truth_ratios"]
     if ref is not None and world_sets:
         models = world_models(ref, which=("target", "oracle"), progress=progress)
@@ -144,29 +144,54 @@ def resolve_oracle_truth_ratios(oracle: str | None, ref: WorldRef | None, sets: 
     return None
 
 
+def _run_data(target: str) -> str | None:
+    """The data spec a run recorded (`unlearn --data`), if any."""
+    from obliviate.runs import is_run_dir
+
+    config = Path(target) / "config.json"
+    return read_json(config).get("data") if is_run_dir(target) and config.is_file() else None
+
+
 def evaluate_target(target: str, forget: str | None = None, retain: str | None = None,
                     utility: list[str] | None = None, holdout: str | None = None, oracle: str | None = None,
                     split: str = "forget10", world: str | None = None, out: Path | None = None,
                     mapping: list[str] | None = None, generate: bool = True,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, fmt=None, device: str = "auto", dtype: str = "auto",
+                    batch_size: int = 32, data: str | None = None, legacy: bool = False) -> dict[str, Any]:
     """Load `target` (any model spec), score it with the qa suite against its oracle, write the results.
 
-    Returns the results payload (`aggregates`, `eval_seconds`, `data_hashes`, ...); the results go to
-    `out`, which defaults to the target when it is a run directory.
+    The sets: `data` (a data spec such as `tofu:forget10@DIR`; a run's recorded spec by default), else
+    the `forget`/`retain`/`utility`/`holdout` files, else the target's world. Returns the results payload
+    (`aggregates`, `eval_seconds`, `data_hashes`, ...); the results go to `out`, which defaults to the
+    target when it is a run directory. `fmt` (a PromptFormat) overrides the prompt format (a run's own,
+    else plain); the oracle is scored in the same format.
     """
+    from obliviate.models.prompts import format_of
     from obliviate.runs import is_run_dir
+    from obliviate.workflow import data as specs
 
-    model, tok, ref = load_model_spec(target, split, progress=progress)
+    if out is None and not is_run_dir(target):
+        raise ObliviateError("--out is required when the target is not a run directory")
+    out = Path(target) if out is None else Path(out)
+    spec = specs.parse_data_spec(data) if data else None
+    if spec is None and forget is None and (recorded := _run_data(target)):
+        spec = specs.parse_data_spec(recorded)
+    if spec is not None and forget is not None:
+        raise ObliviateError("give --data or --forget/--retain, not both")
+    if spec is not None and spec.benchmark == "world":
+        split, spec = spec.name, None
+    sets = specs.eval_sets(spec, legacy) if spec is not None else None  # bad data fails before the model loads
+    model, tok, ref = load_model_spec(target, split, progress=progress, fmt=fmt, device=device, dtype=dtype)
+    fmt = format_of(tok)
     if world is not None:
         ref = parse_world_spec(f"world:{world}", split)
-    sets = load_eval_sets(ref, forget, retain, utility, holdout, mapping)
-    oracle_tr = resolve_oracle_truth_ratios(oracle, ref, sets, world_sets=forget is None, split=split,
-                                            progress=progress)
-    if out is None:
-        if not is_run_dir(target):
-            raise ObliviateError("--out is required when the target is not a run directory")
-        out = Path(target)
-    payload = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, generate=generate,
-                       config={"target": target, "oracle": oracle})
+    world_sets = sets is None and forget is None
+    if sets is None:
+        sets = load_eval_sets(ref, forget, retain, utility, holdout, mapping)
+    oracle_tr = resolve_oracle_truth_ratios(oracle, ref, sets, world_sets=world_sets, split=split,
+                                            progress=progress, fmt=fmt)
+    payload = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, generate=generate, batch_size=batch_size,
+                       config={"target": target, "oracle": oracle, "data": str(spec) if spec else None,
+                               "prompt_format": fmt.state()})
     payload.pop("_forget_truth_ratios")
     return payload

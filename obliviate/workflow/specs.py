@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from obliviate.errors import ObliviateError
+from obliviate.errors import ObliviateError, ObliviateWarning
 from obliviate.io import read_json
+
+if TYPE_CHECKING:
+    from obliviate.models.prompts import PromptFormat
 
 
 @dataclass
@@ -50,22 +53,34 @@ def world_models(ref: WorldRef, which=("target", "oracle"), progress: bool = Tru
     return build_world_models(ref.preset, ref.seed, ref.split, which=which, progress=progress, arch=ref.arch)
 
 
-def load_model_spec(spec: str | Path, split: str = "forget10", progress: bool = True):
-    """(model, tokenizer, WorldRef | None) for any model spec."""
+def load_model_spec(spec: str | Path, split: str = "forget10", progress: bool = True,
+                    fmt: PromptFormat | None = None, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer, WorldRef | None) for any model spec, with its prompt format set on the tokenizer.
+
+    The format is `fmt` when given, else the one a run recorded, else plain; a tokenizer with a chat
+    template used in plain format without asking gets a one-line `ObliviateWarning`.
+    """
+    import warnings
+
     from obliviate.models.loading import load_model
-    from obliviate.runs import is_run_dir, load_run_model
+    from obliviate.models.prompts import format_of, use_format, warn_unused_chat_template
+    from obliviate.runs import is_run_dir, load_run_model, recorded_format
 
     ref = parse_world_spec(str(spec), split)
     if ref is not None:
         models = world_models(ref, which=("target",), progress=progress)
-        model, tok = load_model(models.target)
-        return model, tok, ref
-    if is_run_dir(spec):
-        model, tok = load_run_model(spec)
+        model, tok = load_model(models.target, device=device, dtype=dtype)
+    elif is_run_dir(spec):
+        model, tok = load_run_model(spec, device=device, dtype=dtype)
         cfg = read_json(Path(spec) / "config.json") if (Path(spec) / "config.json").exists() else {}
         world = cfg.get("world")
-        return model, tok, (WorldRef(**world) if world else None)
-    model, tok = load_model(spec)
-    return model, tok, None
-
-
+        ref = WorldRef(**world) if world else None
+    else:
+        model, tok = load_model(spec, device=device, dtype=dtype)
+    if fmt is not None:
+        use_format(tok, fmt)
+    elif ref is None and (not is_run_dir(spec) or recorded_format(spec) is None):
+        line = warn_unused_chat_template(tok, format_of(tok))
+        if line:
+            warnings.warn(f"{spec}: {line}", ObliviateWarning, stacklevel=2)
+    return model, tok, ref

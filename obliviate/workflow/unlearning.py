@@ -6,10 +6,13 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from obliviate.errors import ObliviateError
+from obliviate.errors import ObliviateError, ObliviateWarning
 from obliviate.workflow.specs import WorldRef, load_model_spec, parse_world_spec
+
+if TYPE_CHECKING:
+    from obliviate.models.prompts import PromptFormat
 
 
 def peak_memory_mb() -> float:
@@ -24,7 +27,7 @@ def peak_memory_mb() -> float:
 
 
 def _warn(line: str) -> None:
-    warnings.warn(line, stacklevel=3)
+    warnings.warn(line, ObliviateWarning, stacklevel=3)
 
 
 def load_train_sets(forget: str | None, retain: str | None, ref: WorldRef | None, mapping: list[str],
@@ -66,27 +69,56 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
                 split: str = "forget10", overrides: list[str] | None = None, config_file: Path | None = None,
                 mapping: list[str] | None = None, strict: bool = False, resume: bool = False,
                 progress: bool = True, lora: str | None = None, merge: bool = False,
-                log: Callable[[str], None] = _warn) -> dict[str, Any]:
-    """Unlearn `model_spec` with `method` into run directory `out`; returns the method's summary."""
+                log: Callable[[str], None] = _warn, fmt: PromptFormat | None = None, device: str = "auto",
+                dtype: str = "auto", data: str | None = None, defaults: str = "auto",
+                info: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Unlearn `model_spec` with `method` into run directory `out`; returns the method's summary.
+
+    `fmt` is the prompt format training uses (default: the model's, plain unless a run recorded one);
+    the run records it, so evaluating and attacking the run reuse it. `defaults` picks the method's
+    paper or world defaults (auto: world for `world:` models, paper otherwise; `methods/defaults.py`);
+    `info` receives the line saying which, and what differs from the paper.
+    """
     from obliviate.config import build_config, parse_overrides, read_config_file
     from obliviate.data import data_hash
     from obliviate.methods import get_method
+    from obliviate.methods.defaults import default_values, describe_defaults, differences_from_paper, resolve_mode
     from obliviate.models.loading import save_model
     from obliviate.models.lora import apply_lora, parse_lora
     from obliviate.runs import write_artifact, write_config, write_intervention_artifact
 
     out = Path(out)
     cls = get_method(method)
-    values = read_config_file(config_file) if config_file else {}
+    mode = resolve_mode(defaults, model_spec)
+    values = default_values(cls, mode)
+    values.update(read_config_file(config_file) if config_file else {})
     values.update(parse_overrides(overrides or []))
     config = build_config(cls.Config, values, source=str(config_file) if config_file and not overrides else "--set")
+    if info is not None:
+        info(describe_defaults(cls, mode, config))
     ref = parse_world_spec(model_spec, split)
-    forget_items, retain_items = load_train_sets(forget, retain, ref, mapping or [], strict, log)
+    spec = None
+    if data is not None:
+        from obliviate.workflow import data as specs
+
+        spec = specs.parse_data_spec(data)
+        if forget is not None:
+            raise ObliviateError("give --data or --forget/--retain, not both")
+        if spec.benchmark == "world":
+            split, spec = spec.name, None
+            ref = parse_world_spec(model_spec, split)
+    if spec is not None:
+        forget_items, retain_items = specs.train_sets(spec)
+    else:
+        forget_items, retain_items = load_train_sets(forget, retain, ref, mapping or [], strict, log)
     lora_spec = parse_lora(lora) if lora else None
     inference_time = getattr(cls, "produces", "weights") == "intervention"
     if inference_time and lora_spec is not None:
         raise ObliviateError(f"--lora does not apply to {method}: it leaves the weights frozen")
-    model, tok, ref = load_model_spec(model_spec, split, progress=progress)
+    model, tok, ref = load_model_spec(model_spec, split, progress=progress, fmt=fmt, device=device, dtype=dtype)
+    from obliviate.models.prompts import format_of
+
+    fmt = format_of(tok)
     base_path = getattr(model, "name_or_path", None) or model.config._name_or_path
     if lora_spec is not None:
         model = apply_lora(model, lora_spec)
@@ -112,7 +144,9 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
         write_artifact(out, "weights", path="model", method=method)
     write_config(out, {"method": method, "method_config": config.model_dump(), "model": model_spec,
                        "world": ref.as_dict() if ref else None, "forget": forget, "retain": retain,
-                       "lora": lora, "merged": merge,
+                       "lora": lora, "merged": merge, "prompt_format": fmt.state(),
+                       "data": specs.record(spec) if spec is not None else None,
+                       "defaults": mode, "differs_from_paper": differences_from_paper(cls, config),
                        "data_hashes": {"forget": data_hash(forget_items), "retain": data_hash(retain_items)},
                        "unlearn": summary})
     if isinstance(summary.get("classifier"), dict):  # eco, guard and gated prefix methods

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
@@ -72,7 +72,7 @@ def cache_key(world: World, arch: str = "llama") -> str:
         "version": GENERATOR_VERSION,
         "preset": preset.to_dict(),
         "seed": world.seed,
-        "format": asdict(DEFAULT_FORMAT),
+        "format": DEFAULT_FORMAT.state_v1(),
         **arch_key(arch),
     })
 

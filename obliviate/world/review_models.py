@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -60,7 +60,7 @@ class ReviewModels:
 
 def cache_key(preset: str, seed: int) -> str:
     return stable_hash({"version": REVIEWS_VERSION, "preset": get_reviews_preset(preset).to_dict(), "seed": seed,
-                        "question": REVIEW_QUESTION, "format": asdict(DEFAULT_FORMAT)})
+                        "question": REVIEW_QUESTION, "format": DEFAULT_FORMAT.state_v1()})
 
 
 def reviews_dir(preset: str, seed: int) -> Path:

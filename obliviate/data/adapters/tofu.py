@@ -45,6 +45,7 @@ class TofuData:
     retain_train: list[QAItem] | None = None  # retainNN, the complement of the forget split
     forget_split: str = "forget10"
     source: str = HUB_NAME
+    holdout: list[QAItem] | None = None  # holdoutNN: never-trained items (membership non-members), where present
 
 
 def load_tofu(source: str | Path = HUB_NAME, forget_split: str = "forget10") -> TofuData:
@@ -70,6 +71,7 @@ def load_tofu(source: str | Path = HUB_NAME, forget_split: str = "forget10") -> 
         retain_train=load_tofu_set(hub, retain_name),
         forget_split=forget_split,
         source=hub,
+        holdout=load_tofu_set(hub, f"holdout{forget_split.removeprefix('forget')}"),
     )
 
 
@@ -82,7 +84,8 @@ def _load_local(root: Path, forget_split: str, retain_name: str) -> TofuData:
     if retain is None:
         raise DataError(root, f"no retain_perturbed.json or {retain_name}.json")
     utility = {key: items for key, name in UTILITY_SETS.items() if (items := _first_present(root, [name]))}
-    return TofuData(forget, retain, utility, retain_train, forget_split, str(root))
+    holdout = _first_present(root, [f"holdout{forget_split.removeprefix('forget')}"])
+    return TofuData(forget, retain, utility, retain_train, forget_split, str(root), holdout)
 
 
 def _first_present(root: Path, names: list[str]) -> ItemList | None:
