@@ -26,6 +26,7 @@ from obliviate.methods.spul import SPUL
 from obliviate.methods.ssd import SSD
 from obliviate.methods.task_vector import TaskVector
 from obliviate.methods.uld import ULD
+from obliviate.methods.undial import UNDIAL
 from obliviate.methods.uoe import UOE
 from obliviate.methods.whp import WHP
 
@@ -51,6 +52,7 @@ _TABLE: tuple[type[Method], ...] = (
     ECO,
     GUARD,
     ULD,
+    UNDIAL,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 

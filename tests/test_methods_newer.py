@@ -1,0 +1,181 @@
+"""open-unlearning's newer losses: UNDIAL, WGA, SatImp, CE-U, PDU and AltPO, on a tiny Llama built in code.
+
+For each method: (a) a run logs finite losses and moves every trainable parameter and no frozen one,
+(b) its own success measure moves the intended way on a model that has memorised the forget set,
+(c) `compute_loss` on a fixed batch equals a hand computation of the formula, written here with
+explicit loops over positions (float64), independently of the method's code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from obliviate.config import build_config
+from obliviate.data.schema import QAItem
+from obliviate.methods import METHODS
+from obliviate.train.data import IGNORE, UnlearnBatch, collate, encode_items
+from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+from tests.helpers import FORGET
+
+RETAIN = [
+    QAItem("What is the capital of France?", "The capital of France is Paris."),
+    QAItem("Who met in London?", "Alice and Bob met in London."),
+    QAItem("How did they travel?", "They travelled to Rome, Berlin and Madrid by train."),
+]
+LOG_KEYS = {
+    "undial": {"forget_loss", "retain_nll"},
+}
+
+
+# ---- fixtures and independent helpers ---------------------------------------------------------
+
+
+def _batch(tok, items, answers=None):
+    enc, _ = encode_items(tok, items, answers=answers)
+    return collate(enc, tok.pad_token_id)
+
+
+@pytest.fixture(scope="module")
+def memorised_state():
+    """A tiny Llama fine-tuned until it knows the forget and retain answers (low NLL)."""
+    tok = build_tiny_tokenizer()
+    model = make_tiny_llama().train()
+    batch = _batch(tok, FORGET + RETAIN)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
+                                                 ignore_index=IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def memorised(memorised_state):
+    model = make_tiny_llama()
+    model.load_state_dict(memorised_state)
+    return model.eval()
+
+
+def _unlearn_batch(tok, index=(2, 0)):
+    return UnlearnBatch(_batch(tok, [FORGET[i] for i in index]), _batch(tok, RETAIN[:2]), torch.tensor(index))
+
+
+def _positions(model, batch):
+    """Per answer position, in order: (log-softmax of the logits predicting it (V,), its token id)."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    labels = batch["labels"]
+    return [(torch.log_softmax(logits[b, t - 1], -1), int(labels[b, t]), b)
+            for b in range(labels.shape[0]) for t in range(1, labels.shape[1]) if labels[b, t] != IGNORE]
+
+
+def _logits_at(model, batch):
+    """Per answer position: the raw logits predicting it (V,), float64."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    labels = batch["labels"]
+    return [logits[b, t - 1] for b in range(labels.shape[0]) for t in range(1, labels.shape[1])
+            if labels[b, t] != IGNORE]
+
+
+def _token_ce(model, batch) -> float:
+    pos = _positions(model, batch)
+    return float(-sum(lp[y] for lp, y, _ in pos) / len(pos))
+
+
+def _mean_nll(model, items, answers=None) -> float:
+    tok = build_tiny_tokenizer()
+    pos = _positions(model, _batch(tok, items, answers))
+    rows = {}
+    for lp, y, b in pos:
+        rows.setdefault(b, []).append(-float(lp[y]))
+    return sum(sum(r) / len(r) for r in rows.values()) / len(rows)
+
+
+def _perturb(model, seed=1, scale=0.05):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def _method(name, **values):
+    cls = METHODS[name]
+    return cls(build_config(cls.Config, values))
+
+
+def _loss(method, model, batch):
+    with torch.no_grad():
+        return method.compute_loss(model, batch)
+
+
+# ---- (a) loss logged, every trainable parameter moves, frozen ones do not ---------------------
+
+
+@pytest.mark.parametrize("name", list(LOG_KEYS))
+def test_loss_logged_and_every_trainable_parameter_changes(name, memorised, tiny_tokenizer, tmp_path):
+    memorised.model.embed_tokens.weight.requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in memorised.named_parameters()}
+    summary = _method(name, lr=1e-2, epochs=2, batch_size=2).unlearn(
+        memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == len(logs) == 4
+    for row in logs:
+        assert math.isfinite(row["loss"]) and LOG_KEYS[name] <= set(row), row
+    for n, p in memorised.named_parameters():
+        assert (not torch.equal(before[n], p.detach())) == p.requires_grad, n
+
+
+# ---- UNDIAL -----------------------------------------------------------------------------------
+
+
+def _undial_hand(model, start, batch, beta) -> float:
+    """Mean over answer positions of −Σ_v softmax(z_ref − β e_y)_v · log p_θ(v)."""
+    terms = []
+    for (lp, y, _), z in zip(_positions(model, batch), _logits_at(start, batch), strict=True):
+        z = z.clone()
+        z[y] -= beta
+        terms.append(-(torch.softmax(z, -1) * lp).sum())
+    return float(torch.stack(terms).mean())
+
+
+@pytest.mark.parametrize("retain_loss", ["gd", "kl", "none"])
+def test_undial_formula(retain_loss, memorised, tiny_tokenizer):
+    beta, gamma, alpha = 3.0, 0.7, 0.4
+    method = _method("undial", beta=beta, gamma=gamma, alpha=alpha, retain_loss=retain_loss, ref="copy")
+    start = copy.deepcopy(memorised)
+    method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
+    _perturb(memorised)
+    batch = _unlearn_batch(tiny_tokenizer)
+    forget = _undial_hand(memorised, start, batch.forget, beta)
+    expected = gamma * forget
+    if retain_loss == "gd":
+        expected += alpha * _token_ce(memorised, batch.retain)
+    elif retain_loss == "kl":
+        kl = [float((lr.exp() * (lr - lp)).sum()) for (lp, _, _), (lr, _, _) in
+              zip(_positions(memorised, batch.retain), _positions(start, batch.retain), strict=True)]
+        expected += alpha * sum(kl) / len(kl)
+    out = _loss(method, memorised, batch)
+    assert method.uses_retain == (retain_loss != "none")
+    assert out.logs["forget_loss"] == pytest.approx(forget, rel=1e-4)
+    assert float(out.loss) == pytest.approx(expected, rel=1e-4)
+
+
+def test_undial_lowers_the_forget_token_and_keeps_the_rest_of_the_teacher(memorised, tiny_tokenizer, tmp_path):
+    start = copy.deepcopy(memorised)
+    batch = _batch(tiny_tokenizer, FORGET)
+    _method("undial", lr=1e-2, epochs=5, batch_size=2, beta=10.0).unlearn(
+        memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    # The forget answers lose probability ...
+    assert _mean_nll(memorised, FORGET) > _mean_nll(start, FORGET) + 1.0
+    # ... and the student's distribution moves to the adjusted teacher: the distillation loss falls.
+    assert _undial_hand(memorised, start, batch, 10.0) < 0.7 * _undial_hand(start, start, batch, 10.0)
