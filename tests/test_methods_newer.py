@@ -29,6 +29,7 @@ RETAIN = [
 ]
 LOG_KEYS = {
     "undial": {"forget_loss", "retain_nll"},
+    "wga": {"forget_loss", "weight", "retain_nll"},
 }
 
 
@@ -179,3 +180,52 @@ def test_undial_lowers_the_forget_token_and_keeps_the_rest_of_the_teacher(memori
     assert _mean_nll(memorised, FORGET) > _mean_nll(start, FORGET) + 1.0
     # ... and the student's distribution moves to the adjusted teacher: the distillation loss falls.
     assert _undial_hand(memorised, start, batch, 10.0) < 0.7 * _undial_hand(start, start, batch, 10.0)
+
+
+# ---- WGA ---------------------------------------------------------------------------
+
+_WEIGHTS = {  # name -> the token weight as a function of p, with the test's exponents
+    "wga": lambda p: p**0.5,
+}
+
+
+@pytest.mark.parametrize("name", list(_WEIGHTS))
+def test_weighted_ascent_formula(name, memorised, tiny_tokenizer):
+    gamma, alpha = 0.3, 0.6
+    exponents = {"beta": 0.5} if name == "wga" else {"beta": 2.0, "beta2": 0.5}
+    method = _method(name, gamma=gamma, alpha=alpha, **exponents)
+    method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
+    _perturb(memorised)  # away from p ≈ 1, where SatImp's (1 − p) factor would vanish
+    batch = _unlearn_batch(tiny_tokenizer, index=(1, 3, 0))
+    weight = _WEIGHTS[name]
+    terms = [weight(float(lp[y].exp())) * float(lp[y]) for lp, y, _ in _positions(memorised, batch.forget)]
+    forget = sum(terms) / len(terms)
+    out = _loss(method, memorised, batch)
+    assert out.logs["forget_loss"] == pytest.approx(forget, rel=1e-4)
+    assert float(out.loss) == pytest.approx(gamma * forget + alpha * _token_ce(memorised, batch.retain), rel=1e-4)
+
+
+def test_weighted_ascent_gradient_is_the_weighted_ascent(memorised, tiny_tokenizer):
+    """The weight is held fixed (stop-gradient): the gradient is Σ w_t ∇log p_t / N, not that of p^β log p."""
+    method = _method("wga", beta=2.0, gamma=1.0, retain_loss="none")
+    batch = _unlearn_batch(tiny_tokenizer)
+    param = memorised.lm_head.weight
+    method.compute_loss(memorised, batch).loss.backward()
+    got = param.grad.clone()
+    param.grad = None
+    logits = memorised(input_ids=batch.forget["input_ids"], attention_mask=batch.forget["attention_mask"]).logits
+    labels = batch.forget["labels"][:, 1:]
+    mask = labels != IGNORE
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0][mask]
+    (logp.detach().exp() ** 2 * logp).mean().backward()
+    assert torch.allclose(got, param.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(_WEIGHTS))
+def test_weighted_ascent_raises_the_forget_nll(name, memorised, tiny_tokenizer, tmp_path):
+    start_f, start_r = _mean_nll(memorised, FORGET), _mean_nll(memorised, RETAIN)
+    extra = {"beta": 1.0} if name == "satimp" else {}  # p^5 of a memorised token is too small for 4 steps
+    _method(name, lr=1e-2, epochs=3, batch_size=2, **extra).unlearn(
+        memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    rise_f = _mean_nll(memorised, FORGET) - start_f
+    assert rise_f > 1.0 and rise_f > 2 * (_mean_nll(memorised, RETAIN) - start_r)

@@ -28,6 +28,7 @@ from obliviate.methods.task_vector import TaskVector
 from obliviate.methods.uld import ULD
 from obliviate.methods.undial import UNDIAL
 from obliviate.methods.uoe import UOE
+from obliviate.methods.wga import WGA
 from obliviate.methods.whp import WHP
 
 _TABLE: tuple[type[Method], ...] = (
@@ -53,6 +54,7 @@ _TABLE: tuple[type[Method], ...] = (
     GUARD,
     ULD,
     UNDIAL,
+    WGA,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 
