@@ -30,6 +30,7 @@ RETAIN = [
 LOG_KEYS = {
     "undial": {"forget_loss", "retain_nll"},
     "wga": {"forget_loss", "weight", "retain_nll"},
+    "satimp": {"forget_loss", "weight", "retain_nll"},
 }
 
 
@@ -182,10 +183,11 @@ def test_undial_lowers_the_forget_token_and_keeps_the_rest_of_the_teacher(memori
     assert _undial_hand(memorised, start, batch, 10.0) < 0.7 * _undial_hand(start, start, batch, 10.0)
 
 
-# ---- WGA ---------------------------------------------------------------------------
+# ---- WGA and SatImp ---------------------------------------------------------------------------
 
 _WEIGHTS = {  # name -> the token weight as a function of p, with the test's exponents
     "wga": lambda p: p**0.5,
+    "satimp": lambda p: p**2.0 * (1 - p) ** 0.5,
 }
 
 

@@ -4,7 +4,7 @@ The set-up, the fixtures and check (a) (the forget probability falls below 0.75 
 those of tests/test_methods_world.py. Check (b), the method's own measure, target against after:
     - UNDIAL: the cross-entropy from the adjusted teacher to the model (its distillation loss) falls,
       and the forget NLL rises by more than the retain NLL;
-    - WGA: the forget NLL rises by more than the retain NLL, and the share of forget answer
+    - WGA, SatImp: the forget NLL rises by more than the retain NLL, and the share of forget answer
       tokens still remembered (p > 0.5, the tokens their weights single out) at least halves;
 """
 
@@ -17,7 +17,7 @@ from tests.test_methods_world import answer_positions, check_forgets, scores, ta
 pytestmark = pytest.mark.slow
 
 # The methods this module covers (tests/test_methods_world.py checks every registered method is covered).
-COVERED = {"undial", "wga"}
+COVERED = {"undial", "wga", "satimp"}
 
 
 def _rise(after, before) -> tuple[float, float]:
@@ -46,7 +46,7 @@ def test_undial_moves_to_the_adjusted_teacher(world, target, tmp_path):  # noqa:
     assert after_d < 0.8 * before_d, (before_d, after_d)
 
 
-@pytest.mark.parametrize("name", ["wga"])
+@pytest.mark.parametrize("name", ["wga", "satimp"])
 def test_weighted_ascent_pushes_the_remembered_tokens(world, target, tmp_path, name):  # noqa: F811
     _, model = unlearn(world, name, tmp_path)
     after = scores(model, world)

@@ -20,6 +20,7 @@ from obliviate.methods.kl import KL
 from obliviate.methods.npo import NPO
 from obliviate.methods.random_label import RandomLabel
 from obliviate.methods.rmu import RMU
+from obliviate.methods.satimp import SatImp
 from obliviate.methods.simnpo import SimNPO
 from obliviate.methods.snap import SNAP
 from obliviate.methods.spul import SPUL
@@ -55,6 +56,7 @@ _TABLE: tuple[type[Method], ...] = (
     ULD,
     UNDIAL,
     WGA,
+    SatImp,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 
