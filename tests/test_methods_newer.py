@@ -31,6 +31,7 @@ LOG_KEYS = {
     "undial": {"forget_loss", "retain_nll"},
     "wga": {"forget_loss", "weight", "retain_nll"},
     "satimp": {"forget_loss", "weight", "retain_nll"},
+    "ceu": {"forget_loss", "retain_nll"},
 }
 
 
@@ -231,3 +232,37 @@ def test_weighted_ascent_raises_the_forget_nll(name, memorised, tiny_tokenizer, 
         memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
     rise_f = _mean_nll(memorised, FORGET) - start_f
     assert rise_f > 1.0 and rise_f > 2 * (_mean_nll(memorised, RETAIN) - start_r)
+
+
+# ---- CE-U -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_ceu_formula(n, memorised, tiny_tokenizer):
+    method = _method("ceu", ignore_first_n=n, alpha=0.5)
+    batch = _unlearn_batch(tiny_tokenizer, index=(3, 1))
+    terms, seen = [], {}
+    for (lp, y, b), z in zip(_positions(memorised, batch.forget), _logits_at(memorised, batch.forget), strict=True):
+        seen[b] = seen.get(b, 0) + 1
+        if seen[b] <= n:  # the first n answer tokens of each row are left out
+            continue
+        q = torch.softmax(torch.cat([z[:y], torch.tensor([-math.inf], dtype=z.dtype), z[y + 1:]]), -1)
+        terms.append(float(-(q * lp).sum()))
+    forget = sum(terms) / len(terms)
+    out = _loss(method, memorised, batch)
+    assert out.logs["forget_loss"] == pytest.approx(forget, rel=1e-4)
+    assert float(out.loss) == pytest.approx(forget + 0.5 * _token_ce(memorised, batch.retain), rel=1e-4)
+
+
+def test_ceu_without_retain_term_needs_no_retain_data(memorised, tiny_tokenizer, tmp_path):
+    method = _method("ceu", lr=1e-2, epochs=1, batch_size=2, retain_loss="none")
+    assert not method.uses_retain
+    summary = method.unlearn(memorised, tiny_tokenizer, FORGET, [], tmp_path, progress=False)
+    assert summary["steps"] == 2 and "retain_nll" not in summary["final"]
+
+
+def test_ceu_raises_the_forget_nll(memorised, tiny_tokenizer, tmp_path):
+    start = _mean_nll(memorised, FORGET)
+    _method("ceu", lr=1e-2, epochs=3, batch_size=2).unlearn(
+        memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    assert _mean_nll(memorised, FORGET) > start + 1.0

@@ -6,6 +6,9 @@ those of tests/test_methods_world.py. Check (b), the method's own measure, targe
       and the forget NLL rises by more than the retain NLL;
     - WGA, SatImp: the forget NLL rises by more than the retain NLL, and the share of forget answer
       tokens still remembered (p > 0.5, the tokens their weights single out) at least halves;
+    - CE-U: the true token's mass goes to the other tokens in proportion, so where the target predicted
+      the answer token, the model now predicts the target's runner-up, or one of its next choices, far
+      more often than an ascent does (runner-up 0.21, top five 0.45; GradDiff 0.06 and 0.14);
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from tests.test_methods_world import answer_positions, check_forgets, scores, ta
 pytestmark = pytest.mark.slow
 
 # The methods this module covers (tests/test_methods_world.py checks every registered method is covered).
-COVERED = {"undial", "wga", "satimp"}
+COVERED = {"undial", "wga", "satimp", "ceu"}
 
 
 def _rise(after, before) -> tuple[float, float]:
@@ -61,3 +64,17 @@ def test_weighted_ascent_pushes_the_remembered_tokens(world, target, tmp_path, n
 
     before, after_share = remembered(world.model), remembered(model)
     assert before > 0.9 and after_share < 0.5 * before, (before, after_share)
+
+
+def test_ceu_predicts_the_runner_up(world, target, tmp_path):  # noqa: F811
+    method, model = unlearn(world, "ceu", tmp_path)
+    check_forgets(scores(model, world), target)
+    logp0, labels, mask = answer_positions(world.model, world.tok, world.forget_eval)
+    logp1, _, _ = answer_positions(model, world.tok, world.forget_eval)
+    # scored positions: answer tokens after the first n of each answer, where the target predicts the answer
+    scored = mask & (mask.long().cumsum(-1) > method.config.ignore_first_n) & (logp0.argmax(-1) == labels)
+    others = logp0.scatter(-1, labels.clamp(min=0).unsqueeze(-1), float("-inf")).topk(5, -1).indices  # (B, T, 5)
+    now = logp1.argmax(-1).unsqueeze(-1)  # (B, T, 1)
+    runner_up = float((now[..., 0] == others[..., 0])[scored].float().mean())
+    top5 = float((now == others).any(-1)[scored].float().mean())
+    assert int(scored.sum()) > 50 and runner_up > 0.15 and top5 > 0.35, (int(scored.sum()), runner_up, top5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from obliviate.config import did_you_mean
 from obliviate.errors import ConfigError
 from obliviate.methods.base import FinetuneMethod, Method, MethodConfig
+from obliviate.methods.ceu import CEU
 from obliviate.methods.eco import ECO
 from obliviate.methods.flat import FLAT
 from obliviate.methods.ga import GradientAscent
@@ -57,6 +58,7 @@ _TABLE: tuple[type[Method], ...] = (
     UNDIAL,
     WGA,
     SatImp,
+    CEU,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 
