@@ -32,6 +32,7 @@ LOG_KEYS = {
     "wga": {"forget_loss", "weight", "retain_nll"},
     "satimp": {"forget_loss", "weight", "retain_nll"},
     "ceu": {"forget_loss", "retain_nll"},
+    "pdu": {"forget_loss", "retain_nll", "dual"},
 }
 
 
@@ -266,3 +267,52 @@ def test_ceu_raises_the_forget_nll(memorised, tiny_tokenizer, tmp_path):
     _method("ceu", lr=1e-2, epochs=3, batch_size=2).unlearn(
         memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
     assert _mean_nll(memorised, FORGET) > start + 1.0
+
+
+# ---- PDU --------------------------------------------------------------------------------------
+
+
+def _margin(model, batch) -> float:
+    """Mean over answer positions of (max logit − mean logit)²."""
+    terms = [float((z.max() - z.mean()) ** 2) for z in _logits_at(model, batch)]
+    return sum(terms) / len(terms)
+
+
+def test_pdu_formula_and_dual_ascent(memorised, tiny_tokenizer):
+    gamma, lam, eps, eta = 0.5, 3.0, 0.01, 2.0
+    method = _method("pdu", gamma=gamma, alpha=lam, retain_eps=eps, dual_step=eta, dual_warmup_epochs=1,
+                     batch_size=2)
+    method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)  # 4 forget items: 2 micro-batches per epoch
+    _perturb(memorised)
+    batch = _unlearn_batch(tiny_tokenizer)
+    margin, retain = _margin(memorised, batch.forget), _token_ce(memorised, batch.retain)
+    assert retain > eps
+    for step in range(4):  # λ is still during the warm-up epoch, then moves by η·(R − ε) per micro-batch
+        out = _loss(method, memorised, batch)
+        assert out.logs["dual"] == pytest.approx(lam)
+        assert out.logs["forget_loss"] == pytest.approx(margin, rel=1e-4)
+        assert float(out.loss) == pytest.approx(gamma * margin + lam * (retain - eps), rel=1e-4)
+        if step >= 2:  # micro-batches 0 and 1 are the warm-up epoch
+            lam = lam + eta * (retain - eps)
+        assert method.dual == pytest.approx(lam, rel=1e-5)
+
+
+def test_pdu_dual_stays_at_zero_or_above_and_fixed_without_primal_dual(memorised, tiny_tokenizer):
+    batch = _unlearn_batch(tiny_tokenizer)
+    loose = _method("pdu", alpha=0.1, retain_eps=100.0, dual_warmup_epochs=0)  # constraint holds: λ falls to 0
+    loose.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
+    _loss(loose, memorised, batch)
+    assert loose.dual == 0.0
+    fixed = _method("pdu", alpha=2.0, dual_warmup_epochs=0, primal_dual=False)
+    fixed.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
+    _loss(fixed, memorised, batch)
+    assert fixed.dual == 2.0
+
+
+def test_pdu_flattens_the_forget_logits_and_holds_the_retain_loss(memorised, tiny_tokenizer, tmp_path):
+    forget, retain = _batch(tiny_tokenizer, FORGET), _batch(tiny_tokenizer, RETAIN)
+    start_margin = _margin(memorised, forget)
+    method = _method("pdu", lr=1e-2, epochs=6, batch_size=2, retain_eps=0.2, dual_warmup_epochs=1)
+    method.unlearn(memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    assert _margin(memorised, forget) < 0.2 * start_margin
+    assert _token_ce(memorised, retain) < 2 * 0.2

@@ -9,18 +9,21 @@ those of tests/test_methods_world.py. Check (b), the method's own measure, targe
     - CE-U: the true token's mass goes to the other tokens in proportion, so where the target predicted
       the answer token, the model now predicts the target's runner-up, or one of its next choices, far
       more often than an ascent does (runner-up 0.21, top five 0.45; GradDiff 0.06 and 0.14);
+    - PDU: the logit margin (max − mean)² on forget answers falls, while the retain cross-entropy stays
+      near its bound ε (the constraint), with the dual variable having risen to hold it there;
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.test_methods_world import answer_positions, check_forgets, scores, target, unlearn, world  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
 # The methods this module covers (tests/test_methods_world.py checks every registered method is covered).
-COVERED = {"undial", "wga", "satimp", "ceu"}
+COVERED = {"undial", "wga", "satimp", "ceu", "pdu"}
 
 
 def _rise(after, before) -> tuple[float, float]:
@@ -78,3 +81,24 @@ def test_ceu_predicts_the_runner_up(world, target, tmp_path):  # noqa: F811
     runner_up = float((now[..., 0] == others[..., 0])[scored].float().mean())
     top5 = float((now == others).any(-1)[scored].float().mean())
     assert int(scored.sum()) > 50 and runner_up > 0.15 and top5 > 0.35, (int(scored.sum()), runner_up, top5)
+
+
+def test_pdu_flattens_forget_logits_within_the_retain_bound(world, target, tmp_path):  # noqa: F811
+    from obliviate.methods.pdu import logit_margin
+    from obliviate.train.data import collate, encode_items
+
+    method, model = unlearn(world, "pdu", tmp_path)
+    after = scores(model, world)
+    check_forgets(after, target)
+    batch = collate(encode_items(world.tok, world.forget_eval)[0], world.tok.pad_token_id)
+
+    def margin(m) -> float:
+        with torch.no_grad():
+            logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return float(logit_margin(logits, batch["labels"]))
+
+    before_m, after_m = margin(world.model), margin(model)
+    assert after_m < 0.2 * before_m, (before_m, after_m)
+    eps = method.config.retain_eps
+    assert float(after.retain_nll.mean()) < 2 * eps and method.dual > method.config.alpha, (
+        float(after.retain_nll.mean()), method.dual)

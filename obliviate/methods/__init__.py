@@ -19,6 +19,7 @@ from obliviate.methods.idk_dpo import IdkDPO
 from obliviate.methods.idk_sft import IdkSFT
 from obliviate.methods.kl import KL
 from obliviate.methods.npo import NPO
+from obliviate.methods.pdu import PDU
 from obliviate.methods.random_label import RandomLabel
 from obliviate.methods.rmu import RMU
 from obliviate.methods.satimp import SatImp
@@ -59,6 +60,7 @@ _TABLE: tuple[type[Method], ...] = (
     WGA,
     SatImp,
     CEU,
+    PDU,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 
