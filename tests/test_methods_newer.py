@@ -17,6 +17,7 @@ import torch
 
 from obliviate.config import build_config
 from obliviate.data.schema import QAItem
+from obliviate.errors import ConfigError
 from obliviate.methods import METHODS
 from obliviate.train.data import IGNORE, UnlearnBatch, collate, encode_items
 from tests.conftest import build_tiny_tokenizer, make_tiny_llama
@@ -33,6 +34,7 @@ LOG_KEYS = {
     "satimp": {"forget_loss", "weight", "retain_nll"},
     "ceu": {"forget_loss", "retain_nll"},
     "pdu": {"forget_loss", "retain_nll", "dual"},
+    "altpo": {"forget_loss", "margin", "retain_nll"},
 }
 
 
@@ -316,3 +318,63 @@ def test_pdu_flattens_the_forget_logits_and_holds_the_retain_loss(memorised, tin
     method.unlearn(memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
     assert _margin(memorised, forget) < 0.2 * start_margin
     assert _token_ce(memorised, retain) < 2 * 0.2
+
+
+# ---- AltPO ------------------------------------------------------------------------------------
+
+
+def _seq_logp(model, batch) -> torch.Tensor:
+    rows = {}
+    for lp, y, b in _positions(model, batch):
+        rows[b] = rows.get(b, 0.0) + float(lp[y])
+    return torch.tensor([rows[b] for b in sorted(rows)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("ref", ["precompute", "copy"])
+def test_altpo_formula(ref, memorised, tiny_tokenizer):
+    beta, alpha, k = 0.5, 0.3, 3
+    method = _method("altpo", beta=beta, alpha=alpha, n_alternates=k, ref=ref)
+    start = copy.deepcopy(memorised)
+    method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
+    _perturb(memorised)
+    index = (2, 0)
+    batch = _unlearn_batch(tiny_tokenizer, index)
+    lose = _seq_logp(memorised, batch.forget) - _seq_logp(start, batch.forget)
+    terms = []
+    for j in range(k):
+        win_batch = _batch(tiny_tokenizer, [FORGET[i] for i in index], [method.alternates.answers[j][i] for i in index])
+        win = _seq_logp(memorised, win_batch) - _seq_logp(start, win_batch)
+        terms.append(-(2 / beta) * torch.nn.functional.logsigmoid(beta * (win - lose)))
+    forget = float(torch.stack(terms).mean())
+    out = _loss(method, memorised, batch)
+    assert out.logs["forget_loss"] == pytest.approx(forget, rel=1e-4)
+    assert float(out.loss) == pytest.approx(forget + alpha * _token_ce(memorised, batch.retain), rel=1e-4)
+
+
+def test_altpo_pool_alternates_are_other_answers_to_the_same_attribute():
+    from obliviate.methods.altpo import perturbed_alternates, pool_alternates
+
+    def item(q, a, attr, perturbed=()):
+        return QAItem(q, a, perturbed_answers=list(perturbed), meta={"attribute": attr})
+
+    forget = [item("Where was A born?", "Oslo", "city"), item("What does A do?", "baker", "job")]
+    retain = [item("Where was B born?", "Rome", "city"), item("Where was C born?", "Oslo", "city"),
+              item("Where was D born?", "Lima", "city"), item("What does B do?", "smith", "job")]
+    alts = pool_alternates(forget, retain, 4, seed=0)
+    assert all(a in {"Rome", "Lima"} for a in alts[0]) and set(alts[0]) == {"Rome", "Lima"}  # cycles past 2
+    assert alts[1] == ["smith"] * 4
+    assert pool_alternates(forget, retain, 4, seed=0) == alts  # seeded
+    with pytest.raises(ConfigError, match="no perturbed answers"):
+        perturbed_alternates(forget, 2, seed=0)
+    assert perturbed_alternates([item("q", "a", None, ["x", "y", "z"])], 2, seed=0)[0][0] in {"x", "y", "z"}
+
+
+def test_altpo_prefers_the_alternates(memorised, tiny_tokenizer, tmp_path):
+    method = _method("altpo", lr=1e-2, epochs=3, batch_size=2, n_alternates=2)
+    start = copy.deepcopy(memorised)
+    method.unlearn(memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    lose = _batch(tiny_tokenizer, FORGET)
+    lose_ratio = _seq_logp(memorised, lose) - _seq_logp(start, lose)
+    for answers in method.alternates.answers:
+        win = _batch(tiny_tokenizer, FORGET, answers)
+        assert bool(((_seq_logp(memorised, win) - _seq_logp(start, win)) > lose_ratio + 1.0).all())

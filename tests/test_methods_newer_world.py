@@ -11,6 +11,9 @@ those of tests/test_methods_world.py. Check (b), the method's own measure, targe
       more often than an ascent does (runner-up 0.21, top five 0.45; GradDiff 0.06 and 0.14);
     - PDU: the logit margin (max − mean)² on forget answers falls, while the retain cross-entropy stays
       near its bound ε (the constraint), with the dual variable having risen to hold it there;
+    - AltPO: reward accuracy (every alternate has a higher implicit reward than the true answer), and
+      its point, answers that stay plausible: most greedy answers to forget questions are another
+      person's value of the same attribute, not the true one and not nonsense.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from tests.test_methods_world import answer_positions, check_forgets, scores, ta
 pytestmark = pytest.mark.slow
 
 # The methods this module covers (tests/test_methods_world.py checks every registered method is covered).
-COVERED = {"undial", "wga", "satimp", "ceu", "pdu"}
+COVERED = {"undial", "wga", "satimp", "ceu", "pdu", "altpo"}
 
 
 def _rise(after, before) -> tuple[float, float]:
@@ -102,3 +105,23 @@ def test_pdu_flattens_forget_logits_within_the_retain_bound(world, target, tmp_p
     eps = method.config.retain_eps
     assert float(after.retain_nll.mean()) < 2 * eps and method.dual > method.config.alpha, (
         float(after.retain_nll.mean()), method.dual)
+
+
+def test_altpo_prefers_alternates_and_answers_plausibly(world, target, tmp_path):  # noqa: F811
+    from tests.test_methods_world import greedy, sequence_logprob
+
+    method, model = unlearn(world, "altpo", tmp_path)
+    check_forgets(scores(model, world), target)
+    items = world.forget_train
+    ratio = lambda answers: (sequence_logprob(model, world.tok, items, answers)  # noqa: E731
+                             - sequence_logprob(world.model, world.tok, items, answers))
+    lose = ratio(None)
+    for answers in method.alternates.answers:
+        assert float((ratio(answers) > lose).float().mean()) > 0.95
+    pool: dict[str, set[str]] = {}
+    for it in world.retain_train:
+        pool.setdefault(it.meta.get("attribute"), set()).add(it.answer)
+    gens = greedy(model, world, world.forget_eval)
+    plausible = [g.strip() != it.answer and g.strip() in pool.get(it.meta.get("attribute"), set())
+                 for it, g in zip(world.forget_eval, gens, strict=True)]
+    assert sum(plausible) / len(plausible) > 0.6, gens

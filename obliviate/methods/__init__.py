@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from obliviate.config import did_you_mean
 from obliviate.errors import ConfigError
+from obliviate.methods.altpo import AltPO
 from obliviate.methods.base import FinetuneMethod, Method, MethodConfig
 from obliviate.methods.ceu import CEU
 from obliviate.methods.eco import ECO
@@ -61,6 +62,7 @@ _TABLE: tuple[type[Method], ...] = (
     SatImp,
     CEU,
     PDU,
+    AltPO,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 
