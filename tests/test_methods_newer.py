@@ -1,4 +1,4 @@
-"""open-unlearning's newer losses: UNDIAL, WGA, SatImp, CE-U, PDU and AltPO, on a tiny Llama built in code.
+"""open-unlearning's newer losses (UNDIAL, WGA, SatImp, CE-U, PDU, AltPO) and WAGLE, on a tiny Llama built in code.
 
 For each method: (a) a run logs finite losses and moves every trainable parameter and no frozen one,
 (b) its own success measure moves the intended way on a model that has memorised the forget set,
@@ -378,3 +378,96 @@ def test_altpo_prefers_the_alternates(memorised, tiny_tokenizer, tmp_path):
     for answers in method.alternates.answers:
         win = _batch(tiny_tokenizer, FORGET, answers)
         assert bool(((_seq_logp(memorised, win) - _seq_logp(start, win)) > lose_ratio + 1.0).all())
+
+
+# ---- WAGLE ------------------------------------------------------------------------------------
+
+
+def _hand_grads(model, tok, items, batch_size):
+    """Σ over mini-batches of ∇ (batch cross-entropy over answer tokens), by name."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        batch = _batch(tok, items[start:start + batch_size])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
+                                                 ignore_index=IGNORE)
+        for (n, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values())), strict=True):
+            total[n] += g
+    return total
+
+
+def test_wagle_mask_is_the_top_share_of_the_attribution_score(memorised, tiny_tokenizer):
+    import random
+
+    gamma, ratio, bs = 0.05, 0.3, 2
+    method = _method("wagle", base="graddiff", base_args=f"batch_size={bs}", mask_ratio=ratio, hessian_gamma=gamma)
+    mask = method.compute_mask(memorised, tiny_tokenizer, FORGET, RETAIN)
+    g_f = _hand_grads(memorised, tiny_tokenizer, FORGET, bs)
+    g_r = _hand_grads(memorised, tiny_tokenizer, random.Random(0).sample(RETAIN, 3), bs)  # min(4, 3) retain items
+    params = dict(memorised.named_parameters())
+    score = torch.cat([((params[n].detach() - g_r[n] / gamma) * g_f[n]).abs().flatten() for n in g_f])
+    chosen = torch.cat([mask[n].flatten() for n in g_f])
+    assert int(chosen.sum()) == round(ratio * score.numel())
+    # every selected entry scores at least as high as every unselected one (up to float rounding)
+    assert float(score[chosen].min()) >= float(score[~chosen].max()) * (1 - 1e-4)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_wagle_trains_exactly_the_selected_entries(weight_decay, memorised, tiny_tokenizer, tmp_path):
+    before = {n: p.detach().clone() for n, p in memorised.named_parameters()}
+    method = _method("wagle", base="graddiff", mask_ratio=0.3,
+                     base_args=f"lr=1e-2,epochs=2,batch_size=2,weight_decay={weight_decay}")
+    summary = method.unlearn(memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == len(logs) == 4 and all(math.isfinite(r["loss"]) and "forget_nll" in r for r in logs)
+    assert summary["base"] == "graddiff" and summary["selected_weights"] == round(0.3 * summary["trainable_weights"])
+    moved = 0
+    for n, p in memorised.named_parameters():
+        changed = p.detach() != before[n]
+        assert not bool((changed & ~method.mask[n]).any()), n  # nothing outside the mask moves
+        moved += int(changed.sum())
+        assert p.requires_grad, n  # frozen parameters are unfrozen again
+    assert moved > 0.9 * summary["selected_weights"]
+    assert not (tmp_path / "wagle_mask.pt").exists()  # kept only while the run is unfinished
+
+
+def test_wagle_resume_reuses_the_saved_mask(memorised, tiny_tokenizer, tmp_path):
+    from tests.helpers import Killed
+
+    args = "epochs=2,batch_size=2,save_every=1,lr=1e-2"
+    method = _method("wagle", base="graddiff", base_args=args, mask_ratio=0.3)
+    calls = []
+
+    def dies(model, batch, real=method.base.compute_loss):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return real(model, batch)
+
+    method.base.compute_loss = dies
+    with pytest.raises(Killed):
+        method.unlearn(copy.deepcopy(memorised), tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    assert (tmp_path / "wagle_mask.pt").exists()
+    again = _method("wagle", base="graddiff", base_args=args, mask_ratio=0.3)
+    again.compute_mask = None  # a resumed run must not recompute the mask (here from another model)
+    _perturb(memorised)
+    summary = again.unlearn(memorised, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False, resume=True)
+    assert summary["resumed_from"] == 2 and all(torch.equal(again.mask[n], method.mask[n]) for n in method.mask)
+
+
+def test_wagle_base_checks():
+    from obliviate.errors import ConfigError as Error
+
+    method = _method("wagle", base="npo", base_args="beta=0.3, lr=1e-3", seed=4)
+    assert (method.base.name, method.base.config.beta, method.base.config.lr, method.base.config.seed) == (
+        "npo", 0.3, 1e-3, 4)
+    with pytest.raises(Error, match="not a fine-tuning method"):
+        _method("wagle", base="eco")
+    with pytest.raises(Error, match="unknown method"):
+        _method("wagle", base="nope")
+    with pytest.raises(Error, match="unknown key 'bta'"):
+        _method("wagle", base="npo", base_args="bta=0.3")
+    with pytest.raises(Error, match="not key=value"):
+        _method("wagle", base="npo", base_args="beta")

@@ -32,6 +32,7 @@ from obliviate.methods.task_vector import TaskVector
 from obliviate.methods.uld import ULD
 from obliviate.methods.undial import UNDIAL
 from obliviate.methods.uoe import UOE
+from obliviate.methods.wagle import WAGLE
 from obliviate.methods.wga import WGA
 from obliviate.methods.whp import WHP
 
@@ -63,6 +64,7 @@ _TABLE: tuple[type[Method], ...] = (
     CEU,
     PDU,
     AltPO,
+    WAGLE,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 
