@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from obliviate.config import did_you_mean
 from obliviate.errors import ConfigError
+from obliviate.methods.altpo import AltPO
 from obliviate.methods.base import FinetuneMethod, Method, MethodConfig
+from obliviate.methods.ceu import CEU
 from obliviate.methods.eco import ECO
 from obliviate.methods.flat import FLAT
 from obliviate.methods.ga import GradientAscent
@@ -18,15 +20,20 @@ from obliviate.methods.idk_dpo import IdkDPO
 from obliviate.methods.idk_sft import IdkSFT
 from obliviate.methods.kl import KL
 from obliviate.methods.npo import NPO
+from obliviate.methods.pdu import PDU
 from obliviate.methods.random_label import RandomLabel
 from obliviate.methods.rmu import RMU
+from obliviate.methods.satimp import SatImp
 from obliviate.methods.simnpo import SimNPO
 from obliviate.methods.snap import SNAP
 from obliviate.methods.spul import SPUL
 from obliviate.methods.ssd import SSD
 from obliviate.methods.task_vector import TaskVector
 from obliviate.methods.uld import ULD
+from obliviate.methods.undial import UNDIAL
 from obliviate.methods.uoe import UOE
+from obliviate.methods.wagle import WAGLE
+from obliviate.methods.wga import WGA
 from obliviate.methods.whp import WHP
 
 _TABLE: tuple[type[Method], ...] = (
@@ -51,6 +58,13 @@ _TABLE: tuple[type[Method], ...] = (
     ECO,
     GUARD,
     ULD,
+    UNDIAL,
+    WGA,
+    SatImp,
+    CEU,
+    PDU,
+    AltPO,
+    WAGLE,
 )
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
 
