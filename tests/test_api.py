@@ -50,7 +50,7 @@ def test_loading_what_is_not_a_run_is_a_one_line_error(tmp_path):
 
 
 def test_bad_data_spec_fails_before_any_model_loads(tmp_path):
-    with pytest.raises(ObliviateError, match="expected world:SPLIT"):
+    with pytest.raises(ObliviateError, match="expected one of world:SPLIT"):
         ob.unlearn("ga", model="world:tiny", data="tofu-ish", out=tmp_path / "r")
     with pytest.raises(ObliviateError, match="not world:PRESET"):
         ob.unlearn("ga", model="gpt2-does-not-exist", data="world:forget10", out=tmp_path / "r")

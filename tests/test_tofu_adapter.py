@@ -145,6 +145,7 @@ def test_hub_path_loads_the_same_configs_as_a_local_copy(monkeypatch):
             "retain99",
             "real_authors_perturbed",
             "world_facts_perturbed",
+            "holdout01",  # absent from this fixture: the split loads without a holdout set
         )
     )
     assert (hub.forget, hub.retain, hub.retain_train, hub.utility) == (

@@ -52,6 +52,7 @@ from pydantic import Field
 from obliviate.data.schema import QAItem
 from obliviate.errors import ConfigError
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.retain_term import RetainConfig, add_retain
 from obliviate.train.data import UnlearnBatch, collate, encode_items
 from obliviate.train.losses import answer_nll
@@ -127,6 +128,7 @@ class AltPOConfig(FinetuneConfig, RetainConfig, ReferenceConfig):
 
 
 class AltPO(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE, "lr": 5e-5, "epochs": 10, "warmup_ratio": 0.1, "alpha": 1.0}
     name = "altpo"
     paper = ("Mekala et al. 2025, Alternate Preference Optimization "
              "for Unlearning Factual Knowledge in Large Language Models")

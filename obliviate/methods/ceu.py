@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.retain_term import RetainConfig, add_retain
 from obliviate.train.data import IGNORE
 from obliviate.train.reference import Reference, ReferenceConfig
@@ -70,6 +71,7 @@ class CEUConfig(FinetuneConfig, RetainConfig, ReferenceConfig):
 
 
 class CEU(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE, "epochs": 10, "warmup_ratio": 0.1, "retain_loss": "none"}
     name = "ceu"
     paper = "Yang 2025, CE-U: Cross Entropy Unlearning"
     summary = "cross-entropy towards the model's own distribution with the true token removed"

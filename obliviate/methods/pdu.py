@@ -50,6 +50,7 @@ from accelerate import PartialState
 from pydantic import Field
 
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.retain_term import retain_value
 from obliviate.train.data import IGNORE
 from obliviate.train.reference import Reference, ReferenceConfig
@@ -83,6 +84,8 @@ class PDUConfig(FinetuneConfig, ReferenceConfig):
 
 
 class PDU(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE, "epochs": 10, "warmup_ratio": 0.1, "retain_eps": 0.3,
+                      "alpha": 100.0, "dual_warmup_epochs": 5}
     name = "pdu"
     paper = ("Entesari et al. 2025, Constrained Entropic Unlearning: "
              "A Primal-Dual Framework for Large Language Models")

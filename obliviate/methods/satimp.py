@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.wga import WGA, WGAConfig
 
 
@@ -41,6 +42,7 @@ class SatImpConfig(WGAConfig):
 
 
 class SatImp(WGA):
+    paper_defaults = {**TOFU_FINETUNE, "gamma": 0.1}
     name = "satimp"
     paper = "Yang et al. 2025, Exploring Criteria of Loss Reweighting to Enhance LLM Unlearning (SatImp)"
     summary = "gradient ascent on forget tokens weighted by p^β₁ (1 − p)^β₂ (saturation and importance)"

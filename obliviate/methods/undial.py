@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.retain_term import RetainConfig, add_retain
 from obliviate.train.data import IGNORE
 from obliviate.train.reference import Reference, ReferenceConfig
@@ -72,6 +73,7 @@ class UNDIALConfig(FinetuneConfig, RetainConfig, ReferenceConfig):
 
 
 class UNDIAL(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE, "lr": 1e-4, "epochs": 10, "warmup_ratio": 0.1, "alpha": 0.0}
     name = "undial"
     paper = ("Dong et al. 2025, UNDIAL: Self-Distillation with Adjusted Logits "
              "for Robust Unlearning in Large Language Models")

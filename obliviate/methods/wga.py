@@ -28,6 +28,7 @@ import torch
 from pydantic import Field
 
 from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.defaults import TOFU_FINETUNE
 from obliviate.methods.retain_term import RetainConfig, add_retain
 from obliviate.train.losses import token_logprobs
 from obliviate.train.reference import Reference, ReferenceConfig
@@ -52,6 +53,7 @@ class WGAConfig(FinetuneConfig, RetainConfig, ReferenceConfig):
 
 
 class WGA(FinetuneMethod):
+    paper_defaults = {**TOFU_FINETUNE}
     name = "wga"
     paper = ("Wang et al. 2025, Rethinking LLM Unlearning Objectives: "
              "A Gradient Perspective and Go Beyond (weighted gradient ascent)")

@@ -25,6 +25,7 @@ from transformers import get_scheduler
 from obliviate.errors import ObliviateError
 from obliviate.io import atomic_open, read_json, write_json
 from obliviate.train.data import encode_items, forget_retain_batches
+from obliviate.train.precision import master_weights
 
 CHECKPOINT = "checkpoint"
 
@@ -100,6 +101,7 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
+    autocast = master_weights(model)  # half-precision weights train as float32 master weights (precision.py)
     method.setup(model, tokenizer, forget, retain)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -143,7 +145,8 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
                 continue  # each process takes its share of every round
             batch = batch.to(accelerator.device)
             with accelerator.accumulate(model):
-                out = method.compute_loss(model, batch)
+                with autocast():
+                    out = method.compute_loss(model, batch)
                 if not torch.isfinite(out.loss):
                     raise DivergenceError(
                         f"{method.name}: loss is {out.loss.item()} at step {step + 1}; lower the learning "

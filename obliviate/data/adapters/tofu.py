@@ -71,8 +71,16 @@ def load_tofu(source: str | Path = HUB_NAME, forget_split: str = "forget10") -> 
         retain_train=load_tofu_set(hub, retain_name),
         forget_split=forget_split,
         source=hub,
-        holdout=load_tofu_set(hub, f"holdout{forget_split.removeprefix('forget')}"),
+        holdout=_hub_holdout(hub, forget_split),
     )
+
+
+def _hub_holdout(hub: str, forget_split: str) -> ItemList | None:
+    """holdoutNN from the hub, or None where the dataset has no such config."""
+    try:
+        return load_tofu_set(hub, f"holdout{forget_split.removeprefix('forget')}")
+    except DataError:
+        return None
 
 
 def _load_local(root: Path, forget_split: str, retain_name: str) -> TofuData:
