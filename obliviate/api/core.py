@@ -106,19 +106,28 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
              generate: bool = True, data: str | None = None, legacy: bool = False,
              prompt: str | PromptFormat | None = None, system_prompt: str | None = None,
              chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
-             batch_size: int = 32, device: str = "auto", dtype: str = "auto", progress: bool = True) -> EvalResult:
+             batch_size: int = 32, device: str = "auto", dtype: str = "auto", preset: str | None = None,
+             progress: bool = True) -> EvalResult:
     """Score a run or model with the qa suite (TOFU-style) against its oracle; returns an EvalResult.
 
     A run from the built-in world is scored on the world's sets against its exact-retrain oracle; a run
     unlearned with `data=` on that data (`data="tofu:forget10@DIR"` names it for any model, `legacy=True`
     keeps TOFU's first 300 items); other models need `forget=` and `retain=` files (and `oracle=`, a model
-    or an evaluated directory, for
-    forget quality). Results go to `out`, by default the run directory.
+    or an evaluated directory, for forget quality). Results go to `out`, by default the run directory.
+    `preset="open-unlearning"` evaluates in open-unlearning's TOFU protocol (its chat format, system prompt,
+    date string and 200-token budget) and adds its seven headline keys (`result.payload["open_unlearning"]`).
 
         result = ob.evaluate("runs/gd")
         print(result["forget_quality"], result["model_utility"])
     """
+    from obliviate.evals import open_unlearning as ou
     from obliviate.workflow import evaluate_target
+
+    fmt = _format(prompt, system_prompt, chat_kwargs, max_new_tokens)
+    if preset is not None:
+        if preset != ou.PRESET:
+            raise ConfigError(f"--preset {preset!r}: the one preset is {ou.PRESET}")
+        fmt = fmt or ou.preset_format()
 
     payload = evaluate_target(_spec(model), None if forget is None else str(forget),
                               None if retain is None else str(retain),
@@ -126,8 +135,8 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
                               None if holdout is None else str(holdout), None if oracle is None else str(oracle),
                               split, world, None if out is None else Path(out),
                               _pairs(mapping), generate, progress,
-                              fmt=_format(prompt, system_prompt, chat_kwargs, max_new_tokens), device=device,
-                              dtype=dtype, batch_size=batch_size, data=data, legacy=legacy)
+                              fmt=fmt, device=device, dtype=dtype, batch_size=batch_size, data=data, legacy=legacy,
+                              preset=preset)
     path = Path(out) if out is not None else Path(_spec(model))
     from obliviate.io import read_jsonl
 

@@ -141,6 +141,9 @@ def eval_cmd(
     chat_kwargs: ChatKwargsOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="items per forward pass and per generation batch")] = 32,
+    preset: Annotated[str | None, typer.Option(
+        help="open-unlearning: its TOFU protocol (chat template, system prompt, date string, 200 new tokens) "
+             "and its seven headline keys beside obliviate's metrics")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
@@ -181,10 +184,15 @@ def eval_cmd(
     result = evaluate(target, forget=forget, retain=retain, utility=utility, holdout=holdout, oracle=oracle,
                       world=world, split=split, out=out, mapping=map_, generate=not no_generate, data=data,
                       legacy=legacy_subset, prompt=prompt_format(prompt, system_prompt, chat_kwargs, max_new_tokens),
-                      batch_size=batch_size, device=device, dtype=dtype, progress=not as_json)
+                      batch_size=batch_size, device=device, dtype=dtype, preset=preset, progress=not as_json)
     if as_json:
         return print_json(result.payload)
     console.print(side_by_side({Path(target).name or target: result.aggregates}, "qa suite"))
+    if "open_unlearning" in result.payload:
+        table = Table("open-unlearning key", "value", title="open-unlearning's headline keys (its definitions)")
+        for key, value in result.payload["open_unlearning"].items():
+            table.add_row(key, fmt(value))
+        console.print(table)
     console.print(f"results: {result.path / 'results.json'}")
 
 

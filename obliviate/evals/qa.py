@@ -34,6 +34,7 @@ import numpy as np
 
 from obliviate import metrics as M
 from obliviate.data.schema import QAItem
+from obliviate.evals.open_unlearning import ou_item_scores
 from obliviate.models.generation import generate_answers
 from obliviate.models.prompts import PromptFormat
 from obliviate.models.scoring import score_qa
@@ -57,6 +58,7 @@ class SetScores:
     exact_mem: np.ndarray | None = None
     extraction: np.ndarray | None = None
     mia: dict[str, np.ndarray] = field(default_factory=dict)
+    ou: dict[str, np.ndarray] = field(default_factory=dict)  # open-unlearning's variants (evals/open_unlearning.py)
 
     def item_rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -71,6 +73,7 @@ class SetScores:
             }
             if self.rouge is not None:
                 row["rouge"] = float(self.rouge[i])
+            row.update({f"ou_{k}": float(v[i]) for k, v in self.ou.items()})
             if self.generations is not None:
                 row["generation"] = self.generations[i]
             if self.mean_nll is not None:
@@ -138,6 +141,7 @@ def score_set(
         out.exact_mem = M.exact_memorisation(matches)
         out.extraction = M.extraction_strength(matches)
     if need_stats:
+        out.ou = ou_item_scores([s["answer"] for s in scored], role)
         logps = [s["answer"].logprobs for s in scored]
         texts = [it.answer for it in items]
         out.mia = {
@@ -226,6 +230,10 @@ class QAResult:
 
     def forget_truth_ratios(self) -> np.ndarray:
         return next(s.truth_ratio for s in self.sets if s.role == "forget")
+
+    def ou_items(self) -> dict[str, dict[str, np.ndarray]]:
+        """open-unlearning's per-item scores by role (forget, holdout)."""
+        return {s.role: s.ou for s in self.sets if s.ou}
 
 
 def run_qa_suite(

@@ -61,8 +61,15 @@ def evaluate(
     batch_size: int = 32,
     generate: bool = True,
     config: dict[str, Any] | None = None,
+    preset: str | None = None,
+    ou_ref_auc: float | None = None,
 ) -> dict[str, Any]:
-    """Run the qa suite; write results.json and items.jsonl into `out_dir` (atomically)."""
+    """Run the qa suite; write results.json and items.jsonl into `out_dir` (atomically).
+
+    With `preset="open-unlearning"` the payload also holds open-unlearning's seven headline keys
+    ("open_unlearning"; privleak against `ou_ref_auc`, the oracle's Min-K AUC).
+    """
+    from obliviate.evals import open_unlearning as ou
     from obliviate.evals.qa import run_qa_suite
     from obliviate.runs import versions
 
@@ -71,11 +78,15 @@ def evaluate(
                           oracle_forget_tr=oracle_forget_tr, batch_size=batch_size, generate=generate)
     payload = {"suite": "qa", "aggregates": result.aggregates, "eval_seconds": time.perf_counter() - t0,
                "data_hashes": sets.hashes(), "versions": versions(), **(config or {})}
+    if preset == ou.PRESET:
+        payload["preset"] = preset
+        payload["open_unlearning"] = ou.headline(result.aggregates, result.ou_items(), ou_ref_auc)
     items = result.items()
     if out_dir is not None:
         write_jsonl(Path(out_dir) / "items.jsonl", items)
         write_json(Path(out_dir) / "results.json", payload)
     payload["_forget_truth_ratios"] = result.forget_truth_ratios()
+    payload["_ou_min_k_auc"] = ou.headline(result.aggregates, result.ou_items(), None)["min_k_auc"]
     return payload
 
 
@@ -129,19 +140,39 @@ def load_eval_sets(target_ref: WorldRef | None, forget: str | None, retain: str 
                     load_items(holdout, "qa", cols) if holdout else None)
 
 
-def resolve_oracle_truth_ratios(oracle: str | None, ref: WorldRef | None, sets: EvalSets, world_sets: bool,
-                                split: str = "forget10", progress: bool = True, fmt=None) -> np.ndarray | None:
-    """The oracle's forget truth ratios: from an eval dir's items.jsonl, by scoring an oracle model, or
-    (for the world's own sets) from the world's cached oracle evaluation; None without an oracle."""
+def resolve_oracle(oracle: str | None, ref: WorldRef | None, sets: EvalSets, world_sets: bool,
+                   split: str = "forget10", progress: bool = True, fmt=None) -> tuple[np.ndarray | None, float | None]:
+    """(the oracle's forget truth ratios, its open-unlearning Min-K AUC): from an eval dir's items.jsonl,
+    by scoring an oracle model, or (for the world's own sets) from the world's cached oracle evaluation;
+    (None, None) without an oracle."""
     if oracle is not None:
         if Path(oracle).is_dir() and (Path(oracle) / "items.jsonl").exists():
-            return oracle_truth_ratios(oracle)
+            return oracle_truth_ratios(oracle), oracle_ou_auc(oracle)
         omodel, otok, _ = load_model_spec(oracle, split, progress=False, fmt=fmt)
-        return evaluate(omodel, otok, sets, None, generate=False)["_forget_truth_ratios"]
+        payload = evaluate(omodel, otok, sets, None, generate=False)
+        return payload["_forget_truth_ratios"], payload["_ou_min_k_auc"]
     if ref is not None and world_sets:
         models = world_models(ref, which=("target", "oracle"), progress=progress)
-        return cached_world_eval(ref, "oracle", models.oracle, sets)["_forget_truth_ratios"]
-    return None
+        return cached_world_eval(ref, "oracle", models.oracle, sets)["_forget_truth_ratios"], None
+    return None, None
+
+
+def resolve_oracle_truth_ratios(oracle: str | None, ref: WorldRef | None, sets: EvalSets, world_sets: bool,
+                                split: str = "forget10", progress: bool = True, fmt=None) -> np.ndarray | None:
+    """The oracle's forget truth ratios (see `resolve_oracle`)."""
+    return resolve_oracle(oracle, ref, sets, world_sets, split, progress, fmt)[0]
+
+
+def oracle_ou_auc(path: str | Path) -> float | None:
+    """The open-unlearning Min-K AUC of an evaluated oracle directory (None for older items.jsonl)."""
+    from obliviate.evals.open_unlearning import min_k_auc
+
+    rows = read_jsonl(Path(path) / "items.jsonl")
+    scores = {role: np.array([r["ou_min_k"] for r in rows if r.get("set") == role and "ou_min_k" in r])
+              for role in ("forget", "holdout")}
+    if not all(len(v) for v in scores.values()):
+        return None
+    return min_k_auc(scores["forget"], scores["holdout"])
 
 
 def _run_data(target: str) -> str | None:
@@ -157,7 +188,8 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
                     split: str = "forget10", world: str | None = None, out: Path | None = None,
                     mapping: list[str] | None = None, generate: bool = True,
                     progress: bool = True, fmt=None, device: str = "auto", dtype: str = "auto",
-                    batch_size: int = 32, data: str | None = None, legacy: bool = False) -> dict[str, Any]:
+                    batch_size: int = 32, data: str | None = None, legacy: bool = False,
+                    preset: str | None = None) -> dict[str, Any]:
     """Load `target` (any model spec), score it with the qa suite against its oracle, write the results.
 
     The sets: `data` (a data spec such as `tofu:forget10@DIR`; a run's recorded spec by default), else
@@ -188,10 +220,11 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
     world_sets = sets is None and forget is None
     if sets is None:
         sets = load_eval_sets(ref, forget, retain, utility, holdout, mapping)
-    oracle_tr = resolve_oracle_truth_ratios(oracle, ref, sets, world_sets=world_sets, split=split,
-                                            progress=progress, fmt=fmt)
+    oracle_tr, oracle_auc = resolve_oracle(oracle, ref, sets, world_sets=world_sets, split=split,
+                                           progress=progress, fmt=fmt)
     payload = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, generate=generate, batch_size=batch_size,
                        config={"target": target, "oracle": oracle, "data": str(spec) if spec else None,
-                               "prompt_format": fmt.state()})
+                               "prompt_format": fmt.state()}, preset=preset, ou_ref_auc=oracle_auc)
     payload.pop("_forget_truth_ratios")
+    payload.pop("_ou_min_k_auc")
     return payload
