@@ -45,7 +45,7 @@ class QuantizeConfig(AttackConfig):
 
 def _language_model(model: nn.Module) -> nn.Module:
     """The module whose weights get quantised: the frozen base under an intervention, else the model."""
-    from obliviate.interventions.base import InterventionModel
+    from obliviate.interventions.model import InterventionModel
 
     return model.base if isinstance(model, InterventionModel) else model
 

@@ -105,7 +105,7 @@ class HarnessModel(nn.Module):
 
 def harness_model(model: nn.Module) -> nn.Module:
     """`model` as the harness's HF backend can drive it (see the module docstring)."""
-    from obliviate.interventions.base import InterventionModel
+    from obliviate.interventions.model import InterventionModel
 
     return HarnessModel(model) if isinstance(model, InterventionModel) else model
 

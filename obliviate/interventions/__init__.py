@@ -18,7 +18,8 @@ import importlib
 from pathlib import Path
 
 from obliviate.errors import ObliviateError
-from obliviate.interventions.base import Intervention, InterventionModel, read_state
+from obliviate.interventions.base import Intervention, read_state
+from obliviate.interventions.model import InterventionModel
 
 # kind -> "module:Class", imported on use so loading one kind never imports the others.
 KINDS = {

@@ -25,7 +25,8 @@ from typing import ClassVar
 
 from obliviate.data.schema import LabelledText, QAItem
 from obliviate.errors import ConfigError
-from obliviate.interventions.base import Intervention, InterventionModel
+from obliviate.interventions.base import Intervention
+from obliviate.interventions.model import InterventionModel
 from obliviate.methods.base import Method
 
 ARTIFACT_DIR = "intervention"
