@@ -3,7 +3,7 @@
 Unlearning needs full-precision weights to train, so a `.gguf` file (llama.cpp's format, often
 quantised) is converted once by transformers, which de-quantises every tensor to float32, and saved
 as a plain Hugging Face directory: safetensors weights, config, generation config, and the tokenizer
-with its chat template. Layout, under `$OBLIVIATE_HOME` (see `obliviate.world.build.obliviate_home`)::
+with its chat template. Layout, under `$OBLIVIATE_HOME` (`obliviate.io.obliviate_home`)::
 
     gguf/<file stem>-<key>/        config.json, model.safetensors, tokenizer files, obliviate.json
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from obliviate.errors import ConfigError, ObliviateError
-from obliviate.io import build_dir_atomic, file_lock, stable_hash, write_json
+from obliviate.io import build_dir_atomic, file_lock, obliviate_home, stable_hash, write_json
 
 # Bump when the conversion writes something different, so old cache entries are not reused.
 CONVERT_VERSION = 1
@@ -68,8 +68,6 @@ PACKAGED: dict[str, PackagedGGUF] = {
 
 def gguf_cache_dir(path: str | Path) -> Path:
     """Where `convert_gguf(path)` keeps its conversion of the file `path` (which must exist)."""
-    from obliviate.world.build import obliviate_home
-
     path = Path(path)
     stat = path.stat()
     key = stable_hash({"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
@@ -108,7 +106,7 @@ def _convert_into(path: Path, out: Path, progress: bool) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from obliviate.world.build import quiet_hf_progress
+    from obliviate.models.loading import quiet_hf_progress
 
     where = {"pretrained_model_name_or_path": path.parent, "gguf_file": path.name}
     bar = Progress(SpinnerColumn(), TextColumn(f"[bold]GGUF[/] {path.name}: {{task.description}}"),
