@@ -1,7 +1,7 @@
 """Check the `real_facts` task against a model by greedy generation, and regenerate it from its candidates.
 
 Each question is rendered with the model's chat template and answered greedily (up to `--max-new-tokens`
-tokens, cut at the first newline); an answer is correct when its first sentence states one of the item's
+tokens, stopping at the end of the turn); an answer is correct when its first sentence states one of the item's
 accepted spellings (`obliviate.data.tasks.answer_matches`: normalised whole words, "six" = "6"). Prints the
 accuracy of each set, and the items answered wrongly.
 
@@ -31,10 +31,10 @@ from obliviate.io import read_jsonl, write_jsonl
 def answer_all(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[str]:
     """Greedy answers under the tokenizer's chat template."""
     from obliviate.models.generation import generate_answers
-    from obliviate.models.prompts import PromptFormat
+    from obliviate.models.prompts import make_format
 
-    return generate_answers(model, tokenizer, questions, fmt=PromptFormat(chat=True),
-                            max_new_tokens=max_new_tokens, batch_size=16)
+    fmt = make_format("chat", max_new_tokens=max_new_tokens)
+    return generate_answers(model, tokenizer, questions, fmt=fmt, batch_size=16)
 
 
 def check(model, tokenizer, items, max_new_tokens: int, paraphrases: bool) -> dict:

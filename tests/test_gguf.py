@@ -81,7 +81,7 @@ def test_smollm2_converts_to_a_plain_directory_that_answers(smollm2_dir):
 
     from obliviate.models.generation import generate_answers
     from obliviate.models.loading import load_model
-    from obliviate.models.prompts import PromptFormat
+    from obliviate.models.prompts import make_format
 
     out, _ = smollm2_dir
     config = json.loads((out / "config.json").read_text())
@@ -90,8 +90,8 @@ def test_smollm2_converts_to_a_plain_directory_that_answers(smollm2_dir):
     torch.manual_seed(0)
     model, tokenizer = load_model(out, device="cpu", dtype="float32")
     assert tokenizer.chat_template, "the chat template is lost"
-    (answer,) = generate_answers(model, tokenizer, ["What is the capital of France?"], fmt=PromptFormat(chat=True),
-                                 max_new_tokens=12)
+    fmt = make_format("chat", max_new_tokens=12)
+    (answer,) = generate_answers(model, tokenizer, ["What is the capital of France?"], fmt=fmt)
     assert "Paris" in answer
 
 

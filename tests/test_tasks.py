@@ -81,3 +81,4 @@ def test_first_sentence_stops_at_a_sentence_end_only():
     assert first_sentence(text) == "Einstein won the Nobel Prize in 1921."
     assert first_sentence("It is 18.0 degrees. Really.") == "It is 18.0 degrees."
     assert first_sentence("E=mc². 2 more") == "E=mc²."
+    assert first_sentence("Paris\nLyon. Nice.") == "Paris"

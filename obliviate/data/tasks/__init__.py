@@ -64,11 +64,13 @@ def normalise_answer(text: str) -> str:
 
 
 def first_sentence(text: str) -> str:
-    """`text` up to the first sentence end (".", "!" or "?" followed by a space and a capital or a digit).
+    """`text` up to its first line break or sentence end (".", "!" or "?" followed by a space and a
+    capital, a digit or a quote).
 
     Small models often state an answer and then contradict it; only the first sentence is judged.
     """
-    return re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])", text.strip(), maxsplit=1)[0]
+    line = text.strip().split("\n", 1)[0]
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])", line, maxsplit=1)[0]
 
 
 def answer_matches(generation: str, aliases: Sequence[str]) -> bool:
