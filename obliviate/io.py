@@ -92,6 +92,14 @@ def file_lock(path: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def obliviate_home() -> Path:
+    """The model cache: `$OBLIVIATE_HOME`, else `$XDG_CACHE_HOME/obliviate`, else `~/.cache/obliviate`."""
+    if os.environ.get("OBLIVIATE_HOME"):
+        return Path(os.environ["OBLIVIATE_HOME"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "obliviate"
+
+
 def build_dir_atomic(final: Path, build) -> Path:
     """Run `build(tmp_dir)` in a temporary sibling and rename it to `final`, unless `final` already
     exists: a directory is never seen half-written."""

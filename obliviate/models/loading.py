@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -85,6 +87,20 @@ def ensure_pad_token(model, tokenizer) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """Silence the progress bars of `save_pretrained` / `from_pretrained` (tiny models load instantly)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -22,18 +22,16 @@ the same model at once (the second waits, then reuses the first one's result).
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
-from transformers.utils import logging as hf_logging
 
 from obliviate.errors import ConfigError
-from obliviate.io import build_dir_atomic, file_lock, stable_hash, write_json
+from obliviate.io import build_dir_atomic, file_lock, obliviate_home, stable_hash, write_json
+from obliviate.models.loading import quiet_hf_progress
 from obliviate.models.prompts import DEFAULT_FORMAT
 from obliviate.world.config import GENERATOR_VERSION, arch_key, arch_recipe, check_arch, get_preset
 from obliviate.world.generator import RETAIN_OF, World, get_world
@@ -57,14 +55,6 @@ class WorldModels:
     arch: str = "llama"
 
 
-def obliviate_home() -> Path:
-    """`$OBLIVIATE_HOME`, else `$XDG_CACHE_HOME/obliviate`, else `~/.cache/obliviate`."""
-    if os.environ.get("OBLIVIATE_HOME"):
-        return Path(os.environ["OBLIVIATE_HOME"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "obliviate"
-
-
 def cache_key(world: World, arch: str = "llama") -> str:
     """Hash of everything a trained world model depends on."""
     preset = get_preset(world.preset)
@@ -84,18 +74,6 @@ def world_dir(world: World, arch: str = "llama") -> Path:
 
 def model_dir_name(role: str, split: str) -> str:
     return "target" if role == "target" else f"{role}-{split}"
-
-
-@contextmanager
-def quiet_hf_progress() -> Iterator[None]:
-    """Silence the progress bars of `save_pretrained` / `from_pretrained` (tiny models load instantly)."""
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _trained_pids(world: World, role: str, split: str) -> list[str]:
