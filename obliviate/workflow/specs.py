@@ -3,7 +3,9 @@
 - `world:PRESET[@SEED][:ARCH]`: the built-in world's target (built and cached on first use), e.g.
   `world:tiny`, `world:small@1`, `world:tiny@0:moe`; ARCH is llama (the default), gpt2 or moe;
 - a run directory (has artifact.json): the model that run produced;
-- a local HF model directory or a hub name.
+- a local HF model directory or a hub name;
+- a `.gguf` file, `gguf:PATH` or `gguf:NAME` (a packaged model such as `smollm2`): converted once into a
+  cached HF directory under `$OBLIVIATE_HOME/gguf` (`obliviate.models.gguf`).
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ def load_model_spec(spec: str | Path, split: str = "forget10", progress: bool = 
         world = cfg.get("world")
         ref = WorldRef(**world) if world else None
     else:
-        model, tok = load_model(spec, device=device, dtype=dtype)
+        from obliviate.models.gguf import resolve_gguf_spec
+
+        model, tok = load_model(resolve_gguf_spec(str(spec), progress=progress), device=device, dtype=dtype)
     if fmt is not None:
         use_format(tok, fmt)
     elif ref is None and (not is_run_dir(spec) or recorded_format(spec) is None):

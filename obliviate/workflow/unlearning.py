@@ -51,6 +51,12 @@ def load_train_sets(forget: str | None, retain: str | None, ref: WorldRef | None
     return forget_items, retain_items
 
 
+def _resolvable(spec: str) -> str:
+    """A model spec that resolves from any directory: a local path made absolute, a hub name as it is."""
+    path = Path(str(spec))
+    return str(path.resolve()) if path.exists() else str(spec)
+
+
 def ref_override(method: str, ref: str) -> str:
     """The `ref=MODE` override for a method's reference model, checked (`unlearn --ref`)."""
     from typing import get_args
@@ -119,7 +125,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     from obliviate.models.prompts import format_of
 
     fmt = format_of(tok)
-    base_path = getattr(model, "name_or_path", None) or model.config._name_or_path
+    base_path = _resolvable(getattr(model, "name_or_path", None) or model.config._name_or_path)
     if lora_spec is not None:
         model = apply_lora(model, lora_spec)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +148,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
             model = model.merge_and_unload()
         save_model(model, tok, out / "model")
         write_artifact(out, "weights", path="model", method=method)
-    write_config(out, {"method": method, "method_config": config.model_dump(), "model": model_spec,
+    write_config(out, {"method": method, "method_config": config.model_dump(), "model": _resolvable(model_spec),
                        "world": ref.as_dict() if ref else None, "forget": forget, "retain": retain,
                        "lora": lora, "merged": merge, "prompt_format": fmt.state(),
                        "data": specs.record(spec) if spec is not None else None,
