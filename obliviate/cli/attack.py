@@ -86,7 +86,7 @@ def attack_cmd(
     out: Annotated[Path | None, typer.Option(help="where to write attacks.json (default: the run directory)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Attack an unlearned model and the oracle alike; report how much forgotten knowledge comes back."""
+    """Attack an unlearned model, its target and its oracle alike; report how much forgotten knowledge comes back."""
     if kind == "list" and run is None:
         return _list_attacks()
     from obliviate.api import attack
