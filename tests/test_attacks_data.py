@@ -67,7 +67,8 @@ def _write(path, items: list[QAItem]) -> str:
 
 
 FAST = ["--set", "relearn.steps=4", "--set", "relearn.curve=1", "--set", "stepwise.recall_tokens=4",
-        "--set", "max_new_tokens=4", "--set", "quantize.schemes=int8,rtn4"]
+        "--set", "max_new_tokens=4", "--set", "quantize.schemes=int8,rtn4", "--set", "generate=false",
+        "--set", "direct.generate=true"]
 
 
 def test_attack_all_on_a_run_unlearned_from_qa_files(tmp_path, monkeypatch, capsys):
@@ -79,7 +80,7 @@ def test_attack_all_on_a_run_unlearned_from_qa_files(tmp_path, monkeypatch, caps
     forget, retain = _write(tmp_path / "forget.jsonl", FORGET), _write(tmp_path / "retain.jsonl", RETAIN)
     run = tmp_path / "run"
     code, _, err = run_cli(["unlearn", "--method", "ga", "--model", str(tmp_path / "base"), "--forget", forget,
-                            "--retain", retain, "--out", str(run), "--set", "max_steps=3", "--set", "lr=1e-3"],
+                            "--retain", retain, "--out", str(run), "--set", "max_steps=6", "--set", "lr=1e-2"],
                            monkeypatch, capsys)
     assert code == 0, err
     assert base_model(run) == str(tmp_path / "base")
@@ -98,12 +99,13 @@ def test_attack_all_on_a_run_unlearned_from_qa_files(tmp_path, monkeypatch, caps
     direct = reports["direct"]
     assert direct["knows"]["levels"]["target"] == 1.0  # the base model knows every forget fact
     assert direct["knows"]["levels"]["chance"] == pytest.approx(1 / 3)  # two wrong answers each
+    assert direct["knows"]["levels"]["unlearned"] < 1.0  # gradient ascent forgot some of them
     assert direct["recovery"] is not None and "relative to the target" in direct["recovery_definition"]
     assert "R" not in reports["relearn"]  # the relearning ratio needs an oracle
     assert reports["forms"]["missing"] == ["fill_blank, reverse, cloze: they need the built-in world's sentence "
                                            "templates"]
     summary = saved["robustness"]
-    assert summary["n"] >= 1 and "s_chance" in summary["definition"]
+    assert summary["n"] >= 1 and summary["harmonic_mean"] > 0 and "s_chance" in summary["definition"]
 
 
 def test_attacks_say_what_the_data_lacks_and_the_others_run(tmp_path, monkeypatch, capsys):
@@ -219,3 +221,32 @@ def test_a_run_unlearned_from_a_tofu_spec_is_attacked_on_that_data(tmp_path):
     report = run_attacks(["direct"], with_oracle, attack_configs(["direct"], ["generate=false"]),
                          progress=False).reports["direct"]
     assert report["baseline"] == "oracle" and "recovery_definition" not in report
+
+
+def _chat_fact(subject: str, attribute: str, value: str, wrong: list[str]) -> QAItem:
+    question = {"city": f"Where was {subject} born ?", "genre": f"What genre does {subject} write ?"}[attribute]
+    return QAItem(question, value, None, wrong, subject=subject, meta={"attribute": attribute})
+
+
+def test_every_attack_runs_on_a_chat_model():
+    """Under a ChatML template: every attack runs (scaffolds, relearning and the probe in the template)."""
+    from obliviate.attacks.base import RunInfo
+    from obliviate.attacks.runner import Subjects, attack_configs, run_attacks
+
+    tok = chat_tokenizer("chatml")
+    use_format(tok, make_format("chat", SYSTEM, max_new_tokens=4))
+    forget = [_chat_fact("Mara Lind", "city", "Oslo", ["Rome", "Berlin"]),
+              _chat_fact("Mara Lind", "genre", "poetry", ["music", "film"])]
+    retain = [_chat_fact(s, "city", c, ["Madrid", "Paris"]) for s, c in (("Bob", "London"), ("Alice", "Oslo"),
+                                                                          ("France", "Rome"))]
+    retain += [_chat_fact(s, "genre", g, ["science", "film"]) for s, g in (("Bob", "fiction"), ("Alice", "poetry"),
+                                                                           ("France", "music"))]
+    target, unlearned = _trained(tok, forget + retain, steps=80), _trained(tok, retain, steps=1)
+    subjects = Subjects(RunInfo("r"), {"unlearned": (unlearned, tok), "target": (target, tok)},
+                        AttackSets(forget, retain))
+    configs = attack_configs(list(ORDER), ["relearn.steps=2", "relearn.curve=0", "stepwise.recall_tokens=3",
+                                           "quantize.schemes=rtn4", "probe.folds=2", "generate=false"])
+    reports = run_attacks(list(ORDER), subjects, configs, progress=False).reports
+    for name in ORDER:
+        assert reports[name]["status"] == "ok", (name, reports[name].get("reason"))
+    assert reports["direct"]["knows"]["levels"]["target"] == 1.0
