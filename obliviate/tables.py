@@ -105,12 +105,17 @@ def _bracket(ci: list[float] | None) -> str:
 
 
 def _levels(pooled: dict | None) -> list[str]:
+    """Target, oracle and unlearned levels; without an oracle its column shows chance (an attack's baseline)."""
     levels = (pooled or {}).get("levels", {})
+    if "oracle" not in levels and "chance" in levels:
+        return [fmt(levels.get("target")), f"{fmt(levels['chance'])} (chance)", fmt(levels.get("unlearned"))]
     return [fmt(levels.get(role)) for role in ROLE_ORDER]
 
 
 def _said(pooled: dict | None) -> str:
-    levels = (pooled or {}).get("levels", {})
+    levels = dict((pooled or {}).get("levels", {}))
+    if "oracle" not in levels and "chance" in levels:  # no oracle: chance stands in its place
+        levels["oracle"] = levels["chance"]
     return "/".join(f"{levels[r]:.2f}" for r in ROLE_ORDER if r in levels) or "—"
 
 
@@ -125,7 +130,8 @@ def _variant_rows(table: Table, report: dict) -> None:
         else:
             status = "uninformative"
         gap = (knows or {}).get("gap_ci") or [0.0, 0.0]
-        note = "" if status != "uninformative" else f"target - oracle CI {gap[0]:.2f} to {gap[1]:.2f}: cannot tell"
+        baseline = report.get("baseline", "oracle")
+        note = "" if status != "uninformative" else f"target - {baseline} CI {gap[0]:.2f} to {gap[1]:.2f}: cannot tell"
         table.add_row("", f"  {name}", *_levels(knows), status, _said(entry.get("answers")), note)
 
 

@@ -146,11 +146,19 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
 def attack(model: str | Path | Run, attacks: Sequence[str] | str = "all", *, oracle: str | Path | None = None,
            target: str | Path | None = None, world: str | None = None, split: str = "forget10",
            overrides: Sequence[str] | Mapping[str, Any] | None = None, out: str | Path | None = None,
-           progress: bool = True) -> AttackReport:
-    """Attack a run (and the oracle and target alike); how much forgotten knowledge comes back?
+           data: str | None = None, forget: str | Path | None = None, retain: str | Path | None = None,
+           mapping: Mapping[str, str] | Sequence[str] | None = None, prompt: str | PromptFormat | None = None,
+           system_prompt: str | None = None, chat_kwargs: Mapping[str, str] | None = None,
+           max_new_tokens: int | None = None, progress: bool = True) -> AttackReport:
+    """Attack a run (and the target, and the oracle if any, alike); how much forgotten knowledge comes back?
 
     `attacks` is "all" or names from `obliviate attack list`; `overrides` are `key=value` (every attack)
-    or `attack.key=value`. The results go to `out/attacks.json`, by default the run directory.
+    or `attack.key=value`. The facts are `data` (a data spec) or the `forget`/`retain` QA files, else
+    what the run was unlearned from, else its world. The target is `target`, else the run's base model
+    (the world's target for the world's facts); the oracle is `oracle`, else the world's for the world's
+    facts, else none: the recovery is then relative to the target. `prompt` (with `system_prompt`,
+    `chat_kwargs`, `max_new_tokens`) overrides the run's prompt format. The results go to
+    `out/attacks.json`, by default the run directory.
 
         report = ob.attack("runs/gd", ["relearn"], overrides={"relearn.steps": 5})
     """
@@ -166,14 +174,19 @@ def attack(model: str | Path | Run, attacks: Sequence[str] | str = "all", *, ora
     spec = _spec(model)
     configs = attack_configs(names, _overrides(overrides))
     info = run_info(spec)
+    fmt = _format(prompt, system_prompt, chat_kwargs, max_new_tokens)
     if set(applicable(names, info, configs)) == set(names):
         meta: dict[str, Any] = {"run": spec}  # nothing applies: no model is loaded
         result = run_attacks(names, info, configs, progress=False)
     else:
         subjects = load_models(spec, None if oracle is None else str(oracle),
-                               None if target is None else str(target), world, split, progress=progress)
+                               None if target is None else str(target), world, split, progress=progress,
+                               data=data, forget=None if forget is None else str(forget),
+                               retain=None if retain is None else str(retain), mapping=_pairs(mapping), fmt=fmt)
         result = run_attacks(names, subjects, configs, progress=progress, stop_on_error=len(names) == 1)
-        meta = {"run": spec, "models": subjects.sources, "world": subjects.world.as_dict()}
+        meta = {"run": spec, "models": subjects.sources, "facts": subjects.facts,
+                "world": subjects.world.as_dict() if subjects.world is not None else None,
+                "baseline": "oracle" if "oracle" in subjects.models else "chance"}
     meta["versions"] = versions()
     where = Path(out) if out is not None else (Path(spec) if is_run_dir(spec) else None)
     if where is not None:

@@ -6,6 +6,8 @@ An attack asks the same question of three models, with the same settings and the
 - the **oracle**, trained without the forget set (it never knew the facts),
 - the **target**, trained with it and not unlearned (it knows them).
 
+The oracle is optional (see "Without an oracle" below).
+
 `Attack.run(model, tokenizer, sets)` returns per-item rows for one model; `Attack.compare` lines
 the three up. A row is one attacked question about one forget fact (`key`), in one form of the
 attack (`variant`), with the per-item measures of `obliviate.attacks.measure`:
@@ -24,6 +26,21 @@ the attack itself supplies (a hint, a list of options, the chance of a guess): a
 "recovers" facts from the oracle is measuring leakage from the attack, not residual knowledge.
 Dividing by the target's gap puts attacks of different difficulty on one scale. The value is not
 clipped, so sampling noise can take it below 0 or above 1.
+
+**Without an oracle** (a run unlearned from the user's data has none; `--oracle` gives one), the
+baseline is chance, and the recovery is relative to the target:
+
+    recovery = (s_unlearned - s_chance) / (s_target - s_chance)
+
+the share of the target's above-chance knowledge that the attack gets out of the unlearned model
+(0: the unlearned model only guesses, 1: it knows what the target knows). s_chance is what a
+guessing model scores on the same items: 1/(k+1) for an item with k wrong alternatives under
+`knows`, 0 under `answers`. Unlike the oracle, chance does not absorb what the attack itself gives
+away (a hint in the context, the options listed in the prompt), so without an oracle a recovery
+can also count what a model works out from the attack; read it as an upper bound.
+
+**Measure.** `knows` needs wrong alternatives (the items' perturbed answers); on data without any,
+the headline measure is `answers` (the greedy answer states the true answer).
 
 **Informative forms.** A form whose target-minus-oracle gap is below `MIN_GAP`, or whose gap's
 95% CI reaches 0 (a handful of items), cannot tell a model that knows from one that does not (a
@@ -61,6 +78,8 @@ MIN_GAP = 0.2  # least target-minus-oracle gap for a form to count as able to de
 N_BOOT = 1000
 ROLES = ("unlearned", "oracle", "target")
 MEASURES = ("knows", "answers")
+RELATIVE_TO_TARGET = ("no oracle: recovery relative to the target, (unlearned - chance) / (target - chance), the "
+                      "share of the target's above-chance knowledge that the attack gets out of the unlearned model")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +135,8 @@ class AttackConfig(StrictConfig):
 
     seed: int = Field(0, description="seed for option order, splits and initialisation")
     batch_size: int = Field(32, description="prompts per forward pass when scoring and generating", ge=1)
-    max_new_tokens: int = Field(16, description="greedy tokens generated per answer", ge=1)
+    max_new_tokens: int | None = Field(None, description="greedy tokens generated per answer (default: the prompt "
+                                       "format's budget, 32 plain, 200 chat)", ge=1)
     generate: bool = Field(True, description="also generate answers (the 'answers' measure); off: scoring only")
 
 
@@ -141,6 +161,10 @@ class Attack(ABC):
     def applies_to(self, run: RunInfo) -> tuple[bool, str]:
         """(whether the attack's premise holds for `run`, the reason when it does not)."""
         return True, ""
+
+    def lacks(self, sets: AttackSets) -> dict[str, str]:
+        """{form: one line} for the forms that need what the facts lack (they are left out; the rest runs)."""
+        return {}
 
     @abstractmethod
     def run(self, model, tokenizer, sets: AttackSets, progress: bool = False) -> dict[str, Any]:
@@ -212,8 +236,12 @@ def _aligned(rows_by_role: Mapping[str, Sequence[dict]], variants: Sequence[str]
     return {role: np.array(v, dtype=np.float64) for role, v in values.items()}, np.array(keys, dtype=object)
 
 
-def pooled(values: Mapping[str, np.ndarray], keys: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> dict:
-    """Levels per role, recovery and the unlearned-minus-oracle leak, with paired fact-bootstrap CIs."""
+def pooled(values: Mapping[str, np.ndarray], keys: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+           baseline: str = "oracle") -> dict:
+    """Levels per role, recovery and the unlearned-minus-baseline leak, with paired fact-bootstrap CIs.
+
+    `baseline` is the role the recovery is measured from: the oracle, or without one "chance" (base.py).
+    """
     if len(keys) == 0:
         return {"n": 0, "n_facts": 0, "levels": {}, "recovery": None, "recovery_ci": None, "leak": None,
                 "leak_ci": None}
@@ -226,17 +254,18 @@ def pooled(values: Mapping[str, np.ndarray], keys: np.ndarray, n_boot: int = N_B
     boot = {role: s[idx].sum(1) / n for role, s in sums.items()}  # (B,) per role
     out: dict[str, Any] = {"n": int(counts.sum()), "n_facts": len(facts), "levels": levels}
     out["recovery"] = out["recovery_ci"] = out["leak"] = out["leak_ci"] = out["gap"] = out["gap_ci"] = None
-    if "target" in levels and "oracle" in levels:
-        out["gap"] = levels["target"] - levels["oracle"]
-        out["gap_ci"] = _ci(boot["target"] - boot["oracle"])
-    if "unlearned" in levels and "oracle" in levels:
-        out["leak"] = levels["unlearned"] - levels["oracle"]
-        out["leak_ci"] = _ci(boot["unlearned"] - boot["oracle"])
-    if "target" in levels and "oracle" in levels and "unlearned" in levels:
-        out["recovery"] = recovery(levels["unlearned"], levels["oracle"], levels["target"])
+    base = baseline
+    if "target" in levels and base in levels:
+        out["gap"] = levels["target"] - levels[base]
+        out["gap_ci"] = _ci(boot["target"] - boot[base])
+    if "unlearned" in levels and base in levels:
+        out["leak"] = levels["unlearned"] - levels[base]
+        out["leak_ci"] = _ci(boot["unlearned"] - boot[base])
+    if "target" in levels and base in levels and "unlearned" in levels:
+        out["recovery"] = recovery(levels["unlearned"], levels[base], levels["target"])
         if out["recovery"] is not None:
-            gap = boot["target"] - boot["oracle"]
-            ratio = np.where(gap > 1e-9, (boot["unlearned"] - boot["oracle"]) / np.where(gap > 1e-9, gap, 1), np.nan)
+            gap = boot["target"] - boot[base]
+            ratio = np.where(gap > 1e-9, (boot["unlearned"] - boot[base]) / np.where(gap > 1e-9, gap, 1), np.nan)
             out["recovery_ci"] = _ci(ratio)
     return out
 
@@ -248,38 +277,64 @@ def _ci(samples: np.ndarray) -> list[float] | None:
     return [float(x) for x in np.percentile(finite, [2.5, 97.5])]
 
 
+def chance_rows(rows: Sequence[dict]) -> list[dict]:
+    """The rows of a model that guesses, for the same items: `knows` = the row's `chance`, `answers` = 0."""
+    out = []
+    for row in rows:
+        guess = {"key": row["key"], "variant": row["variant"], "item": row.get("item", row["key"])}
+        if "chance" in row:
+            guess["knows"] = row["chance"]
+        if "answers" in row:
+            guess["answers"] = 0.0
+        out.append(guess)
+    return out
+
+
 def compare_rows(rows_by_role: Mapping[str, Sequence[dict]], reference: Sequence[str] = (),
                  n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
-    """The per-form table and the pooled headline (see the module docstring for the rules)."""
+    """The per-form table and the pooled headline (see the module docstring for the rules).
+
+    Without an oracle the baseline is chance (`chance_rows` of the target's rows), and the recovery
+    is relative to the target. The headline measure is `knows`, or `answers` where no item has
+    alternatives to rank the answer against.
+    """
     roles = [r for r in ROLES if r in rows_by_role]
     rows_by_role = {r: rows_by_role[r] for r in roles}
+    baseline = "oracle"
+    if "oracle" not in rows_by_role and "target" in rows_by_role:
+        baseline = "chance"
+        rows_by_role["chance"] = chance_rows(rows_by_role["target"])
     first = next(iter(rows_by_role.values()))
     order = list(dict.fromkeys(r["variant"] for r in first))
-    judged = "target" in roles and "oracle" in roles
+    judged = "target" in rows_by_role and baseline in rows_by_role
+    candidates = [v for v in order if v not in reference]
+    measure = "knows" if len(_aligned(rows_by_role, candidates, "knows")[1]) else "answers"
     variants: dict[str, Any] = {}
     for variant in order:
         entry: dict[str, Any] = {"reference": variant in reference}
-        for measure in MEASURES:
-            vals, keys = _aligned(rows_by_role, [variant], measure)
+        for name in MEASURES:
+            vals, keys = _aligned(rows_by_role, [variant], name)
             if len(keys):
-                entry[measure] = pooled(vals, keys, n_boot=n_boot, seed=seed)
-        entry["informative"] = judged and "knows" in entry and _separates(entry["knows"])
-        if judged and "knows" in entry and not entry["informative"]:
-            entry["note"] = _uninformative(entry["knows"])
+                entry[name] = pooled(vals, keys, n_boot=n_boot, seed=seed, baseline=baseline)
+        entry["informative"] = judged and measure in entry and _separates(entry[measure])
+        if judged and measure in entry and not entry["informative"]:
+            entry["note"] = _uninformative(entry[measure], baseline)
         variants[variant] = entry
-    candidates = [v for v in order if v not in reference]
     headline = [v for v in candidates if variants[v]["informative"]] if judged else candidates
-    report: dict[str, Any] = {"roles": roles, "headline_variants": headline, "variants": variants}
-    for measure in MEASURES:
-        vals, keys = _aligned(rows_by_role, headline, measure)
+    report: dict[str, Any] = {"roles": roles, "baseline": baseline, "measure": measure, "headline_variants": headline,
+                              "variants": variants}
+    for name in MEASURES:
+        vals, keys = _aligned(rows_by_role, headline, name)
         if len(keys):
-            report[measure] = pooled(vals, keys, n_boot=n_boot, seed=seed)
-    knows = report.get("knows")
-    report["recovery"] = knows["recovery"] if knows else None
-    report["recovery_ci"] = knows["recovery_ci"] if knows else None
+            report[name] = pooled(vals, keys, n_boot=n_boot, seed=seed, baseline=baseline)
+    head = report.get(measure)
+    report["recovery"] = head["recovery"] if head else None
+    report["recovery_ci"] = head["recovery_ci"] if head else None
     report["robustness"] = robustness(report["recovery"])
+    if baseline == "chance":
+        report["recovery_definition"] = RELATIVE_TO_TARGET
     if report["recovery"] is None:
-        report["note"] = _no_recovery_reason(judged, headline, candidates)
+        report["note"] = _no_recovery_reason(judged, headline, candidates, baseline)
     return report
 
 
@@ -289,16 +344,21 @@ def _separates(pooled_knows: dict) -> bool:
     return gap is not None and gap >= MIN_GAP and ci is not None and ci[0] > 0
 
 
-def _uninformative(pooled_knows: dict) -> str:
+def _uninformative(pooled_knows: dict, baseline: str = "oracle") -> str:
     gap, ci = pooled_knows.get("gap") or 0.0, pooled_knows.get("gap_ci") or [0.0, 0.0]
-    return (f"uninformative: under this form the target beats the oracle by {gap:.2f} (95% CI {ci[0]:.2f} to "
-            f"{ci[1]:.2f}; needs >= {MIN_GAP} and a CI above 0), so it cannot show whether knowledge is left")
+    return (f"uninformative: under this form the target beats {_the(baseline)} by {gap:.2f} (95% CI {ci[0]:.2f} "
+            f"to {ci[1]:.2f}; needs >= {MIN_GAP} and a CI above 0), so it cannot show whether knowledge is left")
 
 
-def _no_recovery_reason(judged: bool, headline: Sequence[str], candidates: Sequence[str]) -> str:
+def _the(baseline: str) -> str:
+    return "the oracle" if baseline == "oracle" else "chance"
+
+
+def _no_recovery_reason(judged: bool, headline: Sequence[str], candidates: Sequence[str],
+                        baseline: str = "oracle") -> str:
     if not judged:
-        return "no target or no oracle to compare with: recovery needs both (levels and leak are reported)"
+        return "no target to compare with: recovery needs the target (levels and leak are reported)"
     if not headline:
-        return (f"no form of this attack separates the target from the oracle by >= {MIN_GAP}: "
+        return (f"no form of this attack separates the target from {_the(baseline)} by >= {MIN_GAP}: "
                 f"it cannot detect knowledge on these models ({', '.join(candidates) or 'no forms'})")
-    return f"the target beats the oracle by < {MIN_GAP} over the pooled forms"
+    return f"the target beats {_the(baseline)} by < {MIN_GAP} over the pooled forms"

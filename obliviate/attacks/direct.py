@@ -2,7 +2,7 @@
 
 An attack that recovers 0.3 of the forget facts says little if the plain question already does;
 `direct` is that plain question, measured the same way. It is reported beside the attacks and
-left out of the robustness summary's harmonic mean.
+left out of the robustness summary's harmonic mean. The question is rendered in the model's prompt format.
 """
 
 from __future__ import annotations
@@ -19,5 +19,5 @@ class Direct(PromptAttack):
     in_summary = False
 
     def prompts(self, model, tokenizer, sets: AttackSets) -> list[AttackPrompt]:
-        return [AttackPrompt(fact_key(it), "question", question_prompt(it.question), it.answer,
+        return [AttackPrompt(fact_key(it), "question", question_prompt(it.question, tokenizer), it.answer,
                              alternatives(it, sets.world)) for it in sets.forget]

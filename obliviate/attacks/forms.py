@@ -13,9 +13,13 @@ Each forget fact is asked as:
   models never saw for any attribute (they were trained on questions and biography sentences).
 
 `fill_blank`, `reverse` and `cloze` need the world's templates and are skipped for facts from
-elsewhere. Reverse queries meet the reversal curse: a model trained on "A's city is X" rarely
-answers "whose city is X?", so on the world's models this form is usually uninformative (the
-target is no better than the oracle) and drops out of the headline (see base.py).
+elsewhere; `paraphrase` needs paraphrased questions and `multiple_choice` perturbed answers, and each
+is skipped, with a one-line note, on data without them. Questions are rendered in the model's prompt
+format; the cloze is a bare statement in any format.
+
+Reverse queries meet the reversal curse: a model trained on "A's city is X" rarely answers
+"whose city is X?", so on the world's models this form is usually uninformative (the target is no
+better than the oracle) and drops out of the headline (see base.py).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import random
 
 from obliviate.attacks.base import AttackSets, register
-from obliviate.attacks.facts import alternatives, fact_key, person_name, question_prompt, spec_of
+from obliviate.attacks.facts import alternatives, fact_key, lacking, person_name, question_prompt, spec_of
 from obliviate.attacks.measure import AttackPrompt, PromptAttack
 from obliviate.data.schema import QAItem
 
@@ -46,32 +50,43 @@ class Forms(PromptAttack):
     summary = "held-out phrasings, fill-in-the-blank, multiple choice, reverse queries, cross-template cloze"
     paper = "RWKU (Jin et al. 2024); TOFU paraphrases (Maini et al. 2024)"
 
+    def lacks(self, sets: AttackSets) -> dict[str, str]:
+        out = {}
+        if lacking(sets.forget, "paraphrased_questions"):
+            out["paraphrase"] = "paraphrase: the data has no paraphrased questions to reword the questions with"
+        if lacking(sets.forget, "perturbed_answers"):
+            out["multiple_choice"] = "multiple_choice: the data has no perturbed answers to offer as wrong options"
+        if sets.world is None:
+            out["fill_blank"] = "fill_blank, reverse, cloze: they need the built-in world's sentence templates"
+        return out
+
     def prompts(self, model, tokenizer, sets: AttackSets) -> list[AttackPrompt]:
         out: list[AttackPrompt] = []
         for item in sets.forget:
-            out += self._fact_prompts(item, sets)
+            out += self._fact_prompts(item, sets, tokenizer)
         if sets.world is not None:
-            out += self._reverse_prompts(sets)
+            out += self._reverse_prompts(sets, tokenizer)
         order = {v: i for i, v in enumerate(VARIANTS)}
         return sorted(out, key=lambda p: order[p.variant])  # stable: facts keep their order
 
-    def _fact_prompts(self, item: QAItem, sets: AttackSets) -> list[AttackPrompt]:
+    def _fact_prompts(self, item: QAItem, sets: AttackSets, tokenizer=None) -> list[AttackPrompt]:
         key, alts = fact_key(item), alternatives(item, sets.world)
-        out = [AttackPrompt(key, "paraphrase", question_prompt(q), item.answer, alts, f"{key}#{i}")
+        out = [AttackPrompt(key, "paraphrase", question_prompt(q, tokenizer), item.answer, alts, f"{key}#{i}")
                for i, q in enumerate(item.paraphrased_questions)]
-        heldout = item.paraphrased_questions[0] if item.paraphrased_questions else item.question
-        options = "; ".join(shuffled_options(item, alts, self.config.seed))
-        out.append(AttackPrompt(key, "multiple_choice", question_prompt(f"{heldout}\nOptions: {options}"),
-                                item.answer, alts))
+        if alts:  # the options would give the answer away without wrong ones beside it
+            heldout = item.paraphrased_questions[0] if item.paraphrased_questions else item.question
+            options = "; ".join(shuffled_options(item, alts, self.config.seed))
+            asked = question_prompt(f"{heldout}\nOptions: {options}", tokenizer)
+            out.append(AttackPrompt(key, "multiple_choice", asked, item.answer, alts))
         spec, name = spec_of(sets.world, item), person_name(sets.world, item)
         if spec is not None and name is not None:
             blank = spec.sentence(name, "___")
-            out.append(AttackPrompt(key, "fill_blank", question_prompt(f"Fill in the blank: {blank}"), item.answer,
-                                    alts))
+            out.append(AttackPrompt(key, "fill_blank", question_prompt(f"Fill in the blank: {blank}", tokenizer),
+                                    item.answer, alts))
             out.append(AttackPrompt(key, "cloze", f"The {spec.noun} of {name} is", item.answer, alts))
         return out
 
-    def _reverse_prompts(self, sets: AttackSets) -> list[AttackPrompt]:
+    def _reverse_prompts(self, sets: AttackSets, tokenizer=None) -> list[AttackPrompt]:
         world = sets.world
         specs = {s.key: s for s in world.attributes}
         pids = list(dict.fromkeys(it.meta["pid"] for it in sets.forget if "pid" in it.meta))
@@ -86,8 +101,8 @@ class Forms(PromptAttack):
                 if a not in specs or b not in specs:
                     continue
                 question = _reverse_question(specs[a], person.attributes[a], specs[b], person.attributes[b])
-                out.append(AttackPrompt(f"{pid}/reverse:{a}+{b}", "reverse", question_prompt(question), person.name,
-                                        names))
+                out.append(AttackPrompt(f"{pid}/reverse:{a}+{b}", "reverse", question_prompt(question, tokenizer),
+                                        person.name, names))
         return out
 
 

@@ -20,6 +20,10 @@ as are test rows whose token never occurs in training (identical for all models:
 only the data). The prior is the accuracy of always naming the commonest training token of the
 row's attribute: what a probe reaches from the question type alone.
 
+Questions are rendered in the model's prompt format (under a chat template, the last prompt token
+is the end of its generation prompt). Items without a subject are their own group in the folds.
+Without an oracle each test row's chance is that prior (base.py).
+
 The embedding layer is skipped: at the last prompt token it sees the same token for every question.
 A model that exposes no hidden states cannot be probed; that is a one-line error naming what to do.
 """
@@ -34,11 +38,10 @@ import torch
 from pydantic import Field
 
 from obliviate.attacks.base import Attack, AttackConfig, AttackSets, register
-from obliviate.attacks.facts import fact_key, question_prompt
+from obliviate.attacks.facts import encode_texts, fact_key, is_chat, question_prompt
 from obliviate.data.schema import QAItem
 from obliviate.errors import ObliviateError
 from obliviate.models.generation import hidden_states
-from obliviate.models.prompts import encode_prompts
 from obliviate.models.scoring import model_device
 
 
@@ -55,7 +58,9 @@ def _rows(items: list[QAItem]) -> list[tuple[QAItem, int, str]]:
 
 
 def _first_token(tokenizer, answer: str) -> int:
-    return int(tokenizer(f" {answer}", add_special_tokens=False)["input_ids"][0])
+    """The answer's first token as the model produces it after the prompt (a chat answer starts without a space)."""
+    text = answer if is_chat(tokenizer) else f" {answer}"
+    return int(tokenizer(text, add_special_tokens=False)["input_ids"][0])
 
 
 def _kind(item: QAItem) -> str:
@@ -64,7 +69,7 @@ def _kind(item: QAItem) -> str:
 
 def check_hidden_states(model, tokenizer) -> None:
     """A one-line ObliviateError when `model` returns no hidden states."""
-    ids = torch.tensor([encode_prompts(tokenizer, [question_prompt("?")])[0]], device=model_device(model))
+    ids = torch.tensor([encode_texts(tokenizer, [question_prompt("?", tokenizer)])[0]], device=model_device(model))
     with torch.inference_mode():
         try:
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
@@ -94,7 +99,7 @@ def probe_data(tokenizer, sets: AttackSets):
     test, y_test = [test[i] for i in seen], y_test[seen]
     prior = np.array([float(y == kinds[_kind(it)][0]) for (it, _, _), y in zip(test, y_test, strict=True)])
     train = [train[i] for i in keep_train]
-    groups = np.array([it.subject or "" for it, _, _ in train])
+    groups = np.array([it.subject or it.question for it, _, _ in train])
     return train, y_train[keep_train], groups, test, y_test, prior, sorted(kinds)
 
 
@@ -124,7 +129,14 @@ class Probe(Attack):
     paper = "Are We Truly Forgetting? (2025); ConceptVectors (Hong et al. 2024)"
     Config = ProbeConfig
 
+    def lacks(self, sets: AttackSets) -> dict[str, str]:
+        if not sets.retain:
+            return {"probe": "probe: no retain facts to train the probe on (pass --retain)"}
+        return {}
+
     def run(self, model, tokenizer, sets: AttackSets, progress: bool = False) -> dict:
+        if self.lacks(sets):
+            raise ObliviateError(self.lacks(sets)["probe"])
         check_hidden_states(model, tokenizer)
         cfg = self.config
         train, y_train, groups, test, y_test, prior, kinds = probe_data(tokenizer, sets)
@@ -132,7 +144,7 @@ class Probe(Attack):
             raise ObliviateError("probe: too few facts to probe (need retain facts of two or more subjects and "
                                  "forget facts whose answers start with a token seen in the retain facts)")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        feats = [hidden_states(model, encode_prompts(tokenizer, [question_prompt(q) for _, _, q in rows]),
+        feats = [hidden_states(model, encode_texts(tokenizer, [question_prompt(q, tokenizer) for _, _, q in rows]),
                                batch_size=cfg.batch_size, pad_id=pad) for rows in (train, test)]
         layers = []
         for layer in range(1, len(feats[0])):
@@ -144,8 +156,8 @@ class Probe(Attack):
             entry["test_accuracy"] = float(np.mean(clf.predict(feats[1][entry["layer"]]) == y_test))
             if entry is best:
                 correct = clf.predict(feats[1][entry["layer"]]) == y_test
-        rows = [{"key": fact_key(it), "variant": "probe", "item": f"{fact_key(it)}#{form}", "knows": float(ok)}
-                for (it, form, _), ok in zip(test, correct, strict=True)]
+        rows = [{"key": fact_key(it), "variant": "probe", "item": f"{fact_key(it)}#{form}", "knows": float(ok),
+                 "chance": float(guess)} for (it, form, _), ok, guess in zip(test, correct, prior, strict=True)]
         return {"rows": rows, "extra": {"layer": best["layer"], "layers": layers, "prior": float(prior.mean()),
                                         "n_train": len(train), "n_test": len(test), "attributes": kinds,
                                         "classes": len(set(y_train.tolist()))}}

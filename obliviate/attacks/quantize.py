@@ -141,7 +141,7 @@ class Quantize(PromptAttack):
         return names
 
     def prompts(self, model, tokenizer, sets: AttackSets) -> list[AttackPrompt]:
-        return [AttackPrompt(fact_key(it), "none", question_prompt(it.question), it.answer,
+        return [AttackPrompt(fact_key(it), "none", question_prompt(it.question, tokenizer), it.answer,
                              alternatives(it, sets.world)) for it in sets.forget]
 
     def quantised(self, scheme: str, model: nn.Module) -> nn.Module:

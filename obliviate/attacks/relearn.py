@@ -8,8 +8,8 @@ gain on V is knowledge that was still in the weights.
 
 - The forget facts are split at random (seeded) into T (`train_fraction`) and V.
 - Each model (a copy; the caller's model is untouched) is fine-tuned on T's trained question forms
-  with a plain AdamW loop: `steps` steps of `train_batch` examples at learning rate `lr`, loss on
-  the answer tokens (the same encoding as every fine-tuning method).
+  (in the model's prompt format) with a plain AdamW loop: `steps` steps of `train_batch` examples
+  at learning rate `lr`, loss on the answer tokens (the same encoding as every fine-tuning method).
 - V is measured before (`step0`, a reference row) and after (`relearned`) with the trained
   questions, and at `curve` evenly spaced steps in between (the curve over steps).
 
@@ -48,6 +48,7 @@ from obliviate.attacks.base import MIN_GAP, AttackConfig, AttackSets, RunInfo, r
 from obliviate.attacks.facts import alternatives, fact_key, question_prompt
 from obliviate.attacks.measure import AttackPrompt, PromptAttack, measure
 from obliviate.data.schema import QAItem
+from obliviate.errors import ObliviateError
 from obliviate.models.scoring import model_device
 from obliviate.train.data import collate, encode_items
 
@@ -98,11 +99,18 @@ class Relearn(PromptAttack):
     def prompts(self, model, tokenizer, sets: AttackSets) -> list[AttackPrompt]:
         """The V questions (all forget facts outside T)."""
         _, held = split_facts([fact_key(it) for it in sets.forget], self.config.train_fraction, self.config.seed)
-        return [AttackPrompt(fact_key(it), "step0", question_prompt(it.question), it.answer,
+        return [AttackPrompt(fact_key(it), "step0", question_prompt(it.question, tokenizer), it.answer,
                              alternatives(it, sets.world)) for it in sets.forget if fact_key(it) in held]
+
+    def lacks(self, sets: AttackSets) -> dict[str, str]:
+        if len({fact_key(it) for it in sets.forget}) < 2:
+            return {"relearned": "relearned: it needs two or more forget facts (one to relearn, one to ask about)"}
+        return {}
 
     def run(self, model, tokenizer, sets: AttackSets, progress: bool = False) -> dict:
         cfg = self.config
+        if self.lacks(sets):
+            raise ObliviateError("relearn: " + "; ".join(self.lacks(sets).values()))
         train_keys, _ = split_facts([fact_key(it) for it in sets.forget], cfg.train_fraction, cfg.seed)
         train = [it for it in (sets.forget_train or sets.forget) if fact_key(it) in train_keys]
         held = self.prompts(model, tokenizer, sets)

@@ -1,9 +1,19 @@
 """Running attacks: the three models, the facts, the same settings for each model, the reports.
 
 `load_models` resolves what `obliviate attack` is given: RUN (a run directory or any model spec,
-see `obliviate.workflow`), the oracle (`--oracle`, else the world's exact-retrain oracle) and the
-target (`--target`, else the world's target), and the forget facts (the run's world, or
-`--world PRESET@SEED`). `run_attacks` runs each attack on each model and compares them.
+see `obliviate.workflow`), the facts, the target and the oracle.
+
+- **Facts**: `--data SPEC` or `--forget FILE [--retain FILE]` when given; else what the run was
+  unlearned from (its recorded data spec, or its forget and retain files); else its world (or
+  `--world PRESET@SEED`).
+- **Target** (the model before unlearning): `--target`; else the world's target for the world's
+  facts; else the run's base model (artifact.json's `base_model` for adapter and intervention runs,
+  config.json's `model` otherwise).
+- **Oracle**: `--oracle`; else the world's exact retrain for the world's facts; else none, and
+  the recovery is relative to the target (base.py).
+
+Every model is used in RUN's prompt format (the run's recorded one, or `fmt`).
+`run_attacks` runs each attack on each model and compares them.
 """
 
 from __future__ import annotations
@@ -12,15 +22,17 @@ import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from obliviate.attacks import ORDER, get_attack
 from obliviate.attacks.base import ROLES, AttackSets, RunInfo, run_info
-from obliviate.attacks.facts import world_sets
+from obliviate.attacks.facts import data_sets, world_sets
 from obliviate.config import build_config
 from obliviate.errors import ConfigError, ObliviateError
+from obliviate.io import read_json
 
 
 @dataclass
@@ -32,34 +44,93 @@ class Subjects:
     sets: AttackSets
     sources: dict[str, str] = field(default_factory=dict)  # role -> where the model came from
     world: Any = None  # the WorldRef, when the facts come from the built-in world
+    facts: str = ""  # where the facts come from, in words
+
+
+def run_config(spec: str | Path) -> dict[str, Any]:
+    """A run directory's config.json ({} for a plain model spec or a run without one)."""
+    path = Path(spec) / "config.json"
+    return read_json(path) if (Path(spec) / "artifact.json").is_file() and path.is_file() else {}
+
+
+def base_model(spec: str | Path) -> str | None:
+    """The model a run started from: artifact.json's `base_model` (adapter, intervention runs), else
+    config.json's `model`; None when `spec` is not a run directory."""
+    if not (Path(spec) / "artifact.json").is_file():
+        return None
+    artifact = read_json(Path(spec) / "artifact.json")
+    return artifact.get("base_model") or run_config(spec).get("model")
+
+
+def _facts(spec: str, ref, data: str | None, forget: str | None, retain: str | None, mapping: Sequence[str],
+           world_given: bool):
+    """(AttackSets, WorldRef of the world they come from or None, a description of where they come from)."""
+    from obliviate.workflow import parse_world_spec
+
+    if data is not None and forget is not None:
+        raise ConfigError("give --data or --forget/--retain, not both")
+    if data is not None and data.startswith("world:"):
+        if ref is None:
+            raise ConfigError(f"--data {data}: the world's facts need a world model (RUN from world:PRESET or "
+                              "--world PRESET)")
+        ref = parse_world_spec(f"world:{ref.preset}@{ref.seed}:{ref.arch}", data.removeprefix("world:"))
+    elif data is not None or forget is not None:
+        return data_sets(data, forget, retain, mapping), None, data or f"{forget}" + (f", {retain}" if retain else "")
+    elif not world_given:
+        config = run_config(spec)
+        if config.get("data"):
+            return data_sets(data=config["data"]), None, config["data"]
+        if config.get("forget"):
+            recorded = config["forget"], config.get("retain")
+            return (data_sets(None, recorded[0], recorded[1], mapping), None,
+                    recorded[0] + (f", {recorded[1]}" if recorded[1] else ""))
+    if ref is None:
+        raise ObliviateError(f"{spec}: no facts to attack: pass --forget FILE [--retain FILE], --data SPEC or "
+                             "--world PRESET[@SEED] (the run records no data and no world)")
+    return world_sets(ref.preset, ref.seed, ref.split), ref, f"world:{ref.preset}@{ref.seed} {ref.split}"
 
 
 def load_models(spec: str, oracle: str | None = None, target: str | None = None, world: str | None = None,
-                split: str = "forget10", progress: bool = True) -> Subjects:
-    """Load RUN, its oracle and target, and the facts (see the module docstring)."""
+                split: str = "forget10", progress: bool = True, data: str | None = None, forget: str | None = None,
+                retain: str | None = None, mapping: Sequence[str] = (), fmt=None) -> Subjects:
+    """Load RUN, the facts, its target and its oracle if any (see the module docstring).
+
+    `fmt` (a PromptFormat) overrides the run's prompt format for every model.
+    """
     from obliviate.models.loading import load_model
+    from obliviate.models.prompts import format_of, use_format
     from obliviate.workflow import load_model_spec, parse_world_spec, world_models
 
     info = run_info(spec)
-    model, tok, ref = load_model_spec(spec, split, progress=progress)
+    model, tok, ref = load_model_spec(spec, split, progress=progress, fmt=fmt)
+    fmt = format_of(tok)
     if world is not None:
         ref = parse_world_spec(f"world:{world}", ref.split if ref else split)
-    if ref is None:
-        raise ObliviateError(f"{spec}: no built-in world to take the forget facts from; pass --world PRESET[@SEED] "
-                             "(the run's config names none)")
+    sets, ref, facts = _facts(str(spec), ref, data, forget, retain, mapping, world is not None)
     models = {"unlearned": (model, tok)}
     sources = {"unlearned": str(spec)}
-    built = world_models(ref, which=tuple(r for r, s in (("target", target), ("oracle", oracle)) if s is None),
-                         progress=progress)
-    for role, given, default in (("oracle", oracle, built.oracle), ("target", target, built.target)):
+    if ref is None and target is None:
+        target = base_model(spec)
+        if target is None:
+            raise ObliviateError(f"{spec}: not a run directory, so its model before unlearning is unknown; pass "
+                                 "--target MODEL")
+    built = None
+    if ref is not None:
+        which = tuple(r for r, s in (("target", target), ("oracle", oracle)) if s is None)
+        built = world_models(ref, which=which, progress=progress)
+    for role, given in (("oracle", oracle), ("target", target)):
+        default = getattr(built, role, None) if built is not None else None
         if given is not None:
-            m, t, _ = load_model_spec(given, ref.split, progress=False)
+            m, t, _ = load_model_spec(given, ref.split if ref else split, progress=False, fmt=fmt)
         elif role == "target" and str(spec).startswith("world:"):
             m, t = model, tok  # RUN is the world's target itself: one model, two roles
-        else:
+        elif default is not None:
             m, t = load_model(default)
+            use_format(t, fmt)
+        else:
+            continue  # no oracle: the recovery is relative to the target
         models[role], sources[role] = (m, t), str(given or default or spec)
-    return Subjects(info, models, world_sets(ref.preset, ref.seed, ref.split), sources, ref)
+    return Subjects(info, models, sets, sources, ref, facts)
 
 
 def attack_configs(names: Sequence[str], pairs: Sequence[str]) -> dict[str, Any]:
@@ -135,6 +206,7 @@ def _run_all(names, subjects, roles, skip, configs, progress, stop_on_error, out
                 out.reports[name] = {"attack": name, "status": "not applicable", "reason": skip[name]}
                 bar.advance(task, len(roles))
                 continue
+            missing = list(attack.lacks(subjects.sets).values())
             t0, outputs, done = time.perf_counter(), {}, {}
             try:
                 for role in roles:
@@ -147,10 +219,11 @@ def _run_all(names, subjects, roles, skip, configs, progress, stop_on_error, out
             except ObliviateError as exc:
                 if stop_on_error:
                     raise
-                out.reports[name] = {"attack": name, "status": "cannot judge", "reason": str(exc)}
+                out.reports[name] = {"attack": name, "status": "cannot judge", "reason": str(exc),
+                                     **({"missing": missing} if missing else {})}
                 bar.update(task, completed=(names.index(name) + 1) * len(roles))
                 continue
             report = attack.compare(outputs)
             out.reports[name] = {"attack": name, "status": "ok", **report, "config": attack.config.model_dump(),
-                                 "seconds": time.perf_counter() - t0}
+                                 "seconds": time.perf_counter() - t0, **({"missing": missing} if missing else {})}
             out.rows[name] = {role: o["rows"] for role, o in outputs.items()}

@@ -1,6 +1,7 @@
 """The robustness summary: each attack's oracle-relative recovery and the harmonic mean of robustness.
 
-Per attack: its status, recovery (base.py) with the 95% CI, and robustness = 1 - clip(recovery,
+Per attack: its status, recovery (base.py) with the 95% CI and its baseline (the oracle, or chance
+when there is none: recovery relative to the target), and robustness = 1 - clip(recovery,
 0, 1). The summary's `harmonic_mean` is taken over the attacks that produced a recovery and count
 towards it (not the `direct` reference row); attacks left out are listed with the reason (not
 applicable, cannot judge this model, uninformative on these models). The harmonic mean is
@@ -25,9 +26,11 @@ from obliviate.attacks.base import ATTACKS, harmonic_mean, robustness
 from obliviate.io import read_json, read_jsonl, write_json, write_jsonl
 
 DEFINITION = ("recovery = (s_unlearned - s_oracle) / (s_target - s_oracle) with s the fraction of forget facts the "
-              "model ranks correctly under the attack; robustness = 1 - clip(recovery, 0, 1); harmonic_mean over "
-              "the attacks with a recovery (0: some attack recovers everything, 1: every attack finds no more "
-              "than in the oracle)")
+              "model ranks correctly under the attack; without an oracle (baseline 'chance'), recovery relative to "
+              "the target = (s_unlearned - s_chance) / (s_target - s_chance), the share of the target's "
+              "above-chance knowledge the attack gets out of the unlearned model, s_chance = 1/(k+1) with k wrong "
+              "alternatives; robustness = 1 - clip(recovery, 0, 1); harmonic_mean over the attacks with a "
+              "recovery (0: some attack recovers everything, 1: every attack finds no more than the baseline)")
 
 
 def robustness_summary(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -39,6 +42,8 @@ def robustness_summary(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, An
         counts = ATTACKS[name].in_summary if name in ATTACKS else True
         row = {"status": rep.get("status"), "recovery": rep.get("recovery"), "recovery_ci": rep.get("recovery_ci"),
                "robustness": robustness(rep.get("recovery")), "counts": counts}
+        if rep.get("baseline"):
+            row["baseline"] = rep["baseline"]
         if rep.get("status") != "ok":
             row["reason"] = rep.get("reason")
         elif rep.get("recovery") is None:
