@@ -12,6 +12,8 @@ Plain helpers that test modules import (the CLI runner, shared QA sets, ...) are
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -137,3 +139,14 @@ def world_home(tmp_path_factory):
     yield home
     if previous is None:
         os.environ.pop("OBLIVIATE_HOME", None)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(world_home):
+    """SmolLM2-135M-Instruct converted once into the session's model cache, with the conversion time."""
+    pytest.importorskip("gguf")
+    start = time.perf_counter()
+    from obliviate.models.gguf import pull
+
+    out = pull("smollm2", progress=False)
+    return out, time.perf_counter() - start

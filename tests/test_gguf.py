@@ -64,15 +64,6 @@ def test_missing_package_without_install_names_the_pip_command(monkeypatch):
     assert str(info.value) == expected
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir(world_home):
-    """SmolLM2-135M-Instruct converted once into the session's model cache, with the conversion time."""
-    pytest.importorskip("gguf")
-    start = time.perf_counter()
-    out = pull("smollm2", progress=False)
-    return out, time.perf_counter() - start
-
-
 @pytest.mark.slow
 def test_smollm2_converts_to_a_plain_directory_that_answers(smollm2_dir):
     import json

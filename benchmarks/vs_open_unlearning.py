@@ -1,0 +1,88 @@
+"""Whole-process wall time of open-unlearning's TOFU evaluation ÷ obliviate's, on the same model and data.
+
+Both evaluate `tests/fixtures/ou-tiny/tiny-model` against `tiny-model-retain` on the fixture's TOFU
+directory, in open-unlearning's protocol (chat template, system prompt, date string, greedy generation
+of up to 200 new tokens, batch 32): open-unlearning with `src/eval.py experiment=eval/tofu/default`, and
+obliviate with `obliviate eval --preset open-unlearning`. Each runs `--repeats` times, alternating, as a
+fresh process (imports included); the script prints each time, the machine's load beside it, and the
+ratio of the medians. open-unlearning's reference logs for the retain model are made once, untimed.
+
+    python benchmarks/vs_open_unlearning.py --ou OU_CHECKOUT --ou-python OU_VENV/bin/python \\
+        --ou-config-path OVERLAY_DIR [--repeats 3]
+
+OVERLAY_DIR is a Hydra config directory passed as open-unlearning's primary `--config-path` (its
+`eval.yaml` adds a searchpath back to open-unlearning's configs, and its `data/datasets/TOFU_*.yaml`
+point `path:` at the TOFU directory); see tests/fixtures/ou-tiny/open_unlearning_values.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "ou-tiny"
+
+
+def load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def ou_command(args, model: Path, out: Path, retain_logs: Path | None) -> list[str]:
+    return [args.ou_python, "src/eval.py", "--config-path", str(args.ou_config_path), "--config-name", "eval.yaml",
+            "experiment=eval/tofu/default", f"task_name={model.name}",
+            f"model.model_args.pretrained_model_name_or_path={model}",
+            f"model.tokenizer_args.pretrained_model_name_or_path={model}",
+            "model.model_args.attn_implementation=sdpa", "model.model_args.torch_dtype=float32",
+            "forget_split=forget10", "holdout_split=holdout10",
+            f"retain_logs_path={retain_logs if retain_logs else 'null'}", f"paths.output_dir={out}"]
+
+
+def obliviate_command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "obliviate", "eval", str(FIXTURE / "tiny-model"), "--data",
+            f"tofu:forget10@{FIXTURE / 'TOFU'}", "--oracle", str(FIXTURE / "tiny-model-retain"), "--preset",
+            "open-unlearning", "--out", str(out), "--json"]
+
+
+def timed(command: list[str], cwd: Path, env: dict) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ou", type=Path, required=True, help="an open-unlearning checkout")
+    parser.add_argument("--ou-python", required=True, help="the python of open-unlearning's environment")
+    parser.add_argument("--ou-config-path", type=Path, required=True, help="the Hydra overlay directory")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        retain_out = tmp / "ou-retain"
+        subprocess.run(ou_command(args, FIXTURE / "tiny-model-retain", retain_out, None), cwd=args.ou, env=env,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        logs = retain_out / "TOFU_EVAL.json"
+        times: dict[str, list[float]] = {"open-unlearning": [], "obliviate": []}
+        for i in range(args.repeats):
+            ou_s = timed(ou_command(args, FIXTURE / "tiny-model", tmp / f"ou-{i}", logs), args.ou, env)
+            times["open-unlearning"].append(ou_s)
+            print(f"open-unlearning run {i + 1}: {ou_s:.1f} s ({load()})", flush=True)
+            ob_s = timed(obliviate_command(tmp / f"ob-{i}"), ROOT, env)
+            times["obliviate"].append(ob_s)
+            print(f"obliviate run {i + 1}: {ob_s:.1f} s ({load()})", flush=True)
+    ou_med, ob_med = statistics.median(times["open-unlearning"]), statistics.median(times["obliviate"])
+    print(f"median: open-unlearning {ou_med:.1f} s, obliviate {ob_med:.1f} s; "
+          f"open-unlearning ÷ obliviate = {ou_med / ob_med:.2f}× ({os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()
