@@ -85,3 +85,15 @@ def describe_config(cls: type[StrictConfig]) -> list[tuple[str, str, str, str]]:
         annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
         rows.append((name, annotation, repr(info.default), info.description or ""))
     return rows
+
+
+def with_seed(pairs: Sequence[str], seed: int | None) -> list[str]:
+    """`--set` pairs with `seed=SEED` added unless they set the seed already.
+
+    The one seed policy of `obliviate bench` and `obliviate seeds`: on world seed S the method's own
+    seed is S too, so a replicate varies the world and the training together (docs/statistics.md).
+    """
+    out = list(pairs)
+    if seed is not None and not any(p.partition("=")[0].strip() == "seed" for p in out):
+        out.append(f"seed={seed}")
+    return out

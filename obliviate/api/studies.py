@@ -91,8 +91,8 @@ def compare(run_a: str | Path | Run, run_b: str | Path | Run, *, metrics: Sequen
 def seeds(model: str | None = None, *, runs: Sequence[str | Path] | None = None, method: str | None = None,
           n: int = 3, split: str = "forget10", overrides: Sequence[str] | Mapping[str, Any] | None = None,
           out: str | Path | None = None, generate: bool = True, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Mean ± sd over world seeds: run `n` seeds of `model` (world:PRESET), or aggregate evaluated `runs`.
+          log: Callable[[str], None] | None = None, max_retain: int | None = None) -> dict[str, Any]:
+    """Mean, sd and 95% interval over world seeds: run `n` seeds of `model` (world:PRESET), or aggregate `runs`.
 
         summary = ob.seeds("world:tiny", method="graddiff", n=2, out="runs/seeds")
         summary["metrics"]["model_utility"]["mean"]
@@ -114,10 +114,13 @@ def seeds(model: str | None = None, *, runs: Sequence[str | Path] | None = None,
         raise ConfigError("--out is required to run seeds")
     if n < 1:
         raise ConfigError("--n must be at least 1")
+    if max_retain is not None and max_retain < 1:
+        raise ConfigError("--max-retain must be at least 1")
     ref = parse_world_spec(model)
     first = ref.seed if ref is not None else 0
     return run_seeds(model, list(range(first, first + n)), Path(out), method=method, split=split,
-                     overrides=_overrides(overrides), generate=generate, progress=progress, log=log)
+                     overrides=_overrides(overrides), generate=generate, progress=progress, log=log,
+                     max_retain=max_retain)
 
 
 def protocol(name: str, method: str, *, out: str | Path, model: str = "world:small",

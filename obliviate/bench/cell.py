@@ -117,13 +117,11 @@ def _reset_peak_memory() -> None:
 def eval_sets(spec: BenchSpec, cell: Cell) -> EvalSets:
     """The sets every model of a (split, seed) is evaluated on: the world's, or the user's files."""
     from obliviate.data import load_items
-    from obliviate.world import get_world
 
-    if spec.on_world:
-        ref = world_ref(spec, cell)
-        world = get_world(ref.preset, ref.seed)
-        return EvalSets(world.forget_set(cell.split), world.retain_set(cell.split, max_items=spec.max_retain),
-                        world.utility_sets(), world.holdout_set())
+    if spec.on_world:  # the same sets as `obliviate seeds --max-retain` evaluates on
+        from obliviate.workflow import world_eval_sets
+
+        return world_eval_sets(world_ref(spec, cell), max_retain=spec.max_retain)
     retain = load_items(spec.retain, "qa")
     if spec.max_retain is not None and spec.max_retain < len(retain):
         keep = sorted(random.Random("obliviate-bench-retain").sample(range(len(retain)), spec.max_retain))

@@ -192,7 +192,7 @@ def write_bench_report(root: Path, out: Path | None = None) -> Path:
         rows.append(cells)
         classes.append("anchor" if row["kind"] == "anchor" else "")
     bars = "".join(figure(plots.metric_bars(by_split, k, board["labels"][k], COLUMN[k].log), f"bar-{k}",
-                          f"{board['labels'][k]}: mean over seeds with its 95% t-interval, per split")
+                          f"{board['labels'][k]}: mean over seeds with its 95% interval over seeds, per split")
                    for k in keys)
     where = f"world {spec['world']}" if spec.get("world") else f"model {spec.get('model')}"
     subtitle = (f"{root.name}: {len(spec['methods'])} methods × {len(spec['splits'])} splits × "
@@ -200,7 +200,8 @@ def write_bench_report(root: Path, out: Path | None = None) -> Path:
     sections = [
         ("tradeoff", "Forget quality × model utility",
          figure(plots.tradeoff(by_split), "tradeoff",
-                "Each method a point (mean over seeds) with 95% t-interval whiskers; the target (×) and the "
+                "Each method a point (mean over seeds) with whiskers at its 95% interval over seeds; "
+                "the target (×) and the "
                 "exact-retrain oracle (★) are the anchors. Up and right is better. Forget quality is a KS "
                 "p-value on a log scale and is comparable within a split only.")),
         ("leaderboard", "Leaderboard", table(headers, rows, row_classes=classes)

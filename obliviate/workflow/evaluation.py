@@ -36,12 +36,13 @@ class EvalSets:
         return out
 
 
-def world_eval_sets(ref: WorldRef) -> EvalSets:
+def world_eval_sets(ref: WorldRef, max_retain: int | None = None) -> EvalSets:
+    """The world's evaluation sets; `max_retain` keeps a seeded subset of the retain set (as `bench --max-retain`)."""
     from obliviate.world import get_world
 
     world = get_world(ref.preset, ref.seed)
-    return EvalSets(world.forget_set(ref.split), world.retain_set(ref.split), world.utility_sets(),
-                    world.holdout_set())
+    return EvalSets(world.forget_set(ref.split), world.retain_set(ref.split, max_items=max_retain),
+                    world.utility_sets(), world.holdout_set())
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
