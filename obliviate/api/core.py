@@ -99,6 +99,40 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
     return Run.load(out)
 
 
+def rerun(run: str | Path | Run, *, out: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None,
+          progress: bool = True, log: Callable[[str], None] | None = None) -> Run:
+    """Unlearn again as the run `run` did (its config.json), into `out`; `overrides` change method keys.
+
+    The method, model, data, split, LoRA, prompt format and every resolved method setting (the seed
+    included) come from the run's config.json, so on the same machine and versions the new run repeats
+    the old one.
+
+        again = ob.rerun("runs/gd", out="runs/gd-again")
+    """
+    from obliviate.config import is_run_config
+    from obliviate.io import read_json
+
+    path = Path(run.path if isinstance(run, Run) else run)
+    config_file = path / "config.json" if path.is_dir() else path
+    if not config_file.is_file():
+        raise ConfigError(f"{path}: no config.json; give a run directory made by `obliviate unlearn`")
+    config = read_json(config_file)
+    if not is_run_config(config):
+        raise ConfigError(f"{config_file}: not a run's config.json (no method and method_config)")
+    if Path(out).resolve() == config_file.parent.resolve():
+        raise ConfigError(f"--out {out}: give a new directory; the run itself is what is repeated")
+    split = config.get("split") or (config.get("world") or {}).get("split") or "forget10"
+    fmt = None
+    if config.get("prompt_format"):
+        from obliviate.models.prompts import PromptFormat
+
+        fmt = PromptFormat.from_state(config["prompt_format"])
+    return unlearn(config["method"], config["model"], config.get("data"), out=out, forget=config.get("forget"),
+                   retain=config.get("retain"), split=split, lora=config.get("lora"), overrides=overrides,
+                   config=config_file, mapping=config.get("mapping") or None, strict=bool(config.get("strict")),
+                   merge=bool(config.get("merged")), prompt=fmt, progress=progress, log=log)
+
+
 def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retain: str | Path | None = None,
              utility: Mapping[str, str | Path] | Sequence[str] | None = None, holdout: str | Path | None = None,
              oracle: str | Path | None = None, world: str | None = None, split: str = "forget10",
