@@ -24,10 +24,31 @@ for _module in ("catalog", "compat", "attack", "bench", "stats", "labels", "run"
 __all__ = ["app", "console", "main"]
 
 
+# Deprecation notices from transformers and peft about their own internals, raised on calls obliviate
+# makes correctly, that say nothing a user can act on: (category, start of the message). Any other
+# warning, these libraries' included, is still shown.
+HARMLESS_WARNINGS = [
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    (FutureWarning, r"`torch_dtype` is deprecated"),
+    (DeprecationWarning, r"`torch_dtype` is deprecated"),
+    (UserWarning, r"Already found a `peft_config` attribute in the model"),
+    (FutureWarning, r"The `use_cache` argument is deprecated"),
+]
+
+
+def quiet_harmless_warnings() -> None:
+    """Ignore the known-harmless library deprecation notices (HARMLESS_WARNINGS), and only those."""
+    import warnings
+
+    for category, message in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def main() -> None:
     """The console script's entry point."""
     from transformers.utils import logging as hf_logging
 
+    quiet_harmless_warnings()
     hf_logging.disable_progress_bar()  # our own progress bars say what is happening
     show_warnings()
     try:

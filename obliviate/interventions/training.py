@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_scheduler
 
 from obliviate.io import atomic_open, read_json, write_json
+from obliviate.progress import make_progress
 from obliviate.train.loop import CHECKPOINT, DivergenceError
 
 StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -74,9 +76,10 @@ def train_parameters(params: Sequence[torch.Tensor], n_examples: int, step_fn: S
     if not resume and log_path.exists():
         log_path.unlink()
     step, last, t0 = 0, {}, time.perf_counter()
-    bar = Progress(TextColumn(f"[bold]{name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                   TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   disable=not progress)
+    who = f"{out_dir.name} · {name}"  # the run's name on the bar
+    bar = make_progress(TextColumn(f"[bold]{escape(who)}[/]"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} steps"), TextColumn("{task.fields[loss]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, label=who)
     with bar:
         task = bar.add_task("train", total=total, completed=start, loss="")
         while step < total:
