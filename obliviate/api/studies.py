@@ -22,11 +22,13 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
           overrides: Sequence[str] | Mapping[str, Any] | None = None, jobs: int = 1, threads: int = 0,
           max_retain: int | None = None, generate: bool = True, keep_models: bool = True,
           redo_stale: bool = False, report: bool = True, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> BenchResult:
+          log: Callable[[str], None] | None = None, report_to: str | Sequence[str] | None = None) -> BenchResult:
     """Run methods × forget splits × seeds, each unlearned and evaluated against the oracle (and attacked).
 
     Resumable: the same call again keeps finished cells and redoes the rest. On the built-in world,
     `forget` names splits; with `model=` (your own model), it names forget files (PATH or LABEL=PATH).
+    `report_to` logs each cell's training and final metrics to experiment trackers, one tracker run per
+    cell (`obliviate.tracking`).
 
         board = ob.bench(["ga", "npo"], world="tiny", seeds=2, out="bench/b1")
         board.to_pandas()
@@ -41,6 +43,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
         parse_world_splits,
         scope_overrides,
     )
+    from obliviate.tracking import parse_report_to
 
     names = parse_methods(_csv(methods), moe=model is None and world.partition(":")[2] == "moe")
     if model is None and (retain or oracle or holdout or utility):
@@ -62,6 +65,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
         overrides=scope_overrides(names, _overrides(overrides)),
         attacks=parse_attacks(None if attacks is None else _csv(attacks)),
         max_retain=max_retain, generate=generate, keep_models=keep_models, threads=threads,
+        report_to=parse_report_to(report_to),
     )
     outcome = run_bench(spec, Path(out), jobs=jobs, progress=progress, log=log, report=report,
                         redo_stale=redo_stale)

@@ -86,6 +86,7 @@ class BenchSpec:
     generate: bool = True  # greedy generation for ROUGE
     keep_models: bool = True  # keep each cell's unlearned weights
     threads: int = 0  # torch threads per cell; 0 = 1 on the built-in world, torch's default otherwise
+    report_to: list[str] = field(default_factory=list)  # experiment trackers (obliviate.tracking); not in results
 
     # -- the grid ------------------------------------------------------------------------------------
     @property

@@ -62,6 +62,9 @@ if not console.is_terminal:
 err_console = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of a table")]
+ReportToOpt = Annotated[str | None, typer.Option(
+    "--report-to", metavar="TRACKERS", help="log losses, the method's logs, the config and the final metrics to "
+    "experiment trackers: tensorboard, wandb, mlflow (comma-separated)")]
 
 # How questions become prompts (obliviate.models.prompts); a run records its format, eval and attack reuse it.
 PromptOpt = Annotated[str | None, typer.Option(

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_scheduler
 
+from obliviate import tracking
 from obliviate.io import atomic_open, read_json, write_json
 from obliviate.progress import make_progress
 from obliviate.train.loop import CHECKPOINT, DivergenceError
@@ -103,6 +104,7 @@ def train_parameters(params: Sequence[torch.Tensor], n_examples: int, step_fn: S
                 last = {"step": step, "loss": float(loss.detach()), **logs}
                 with open(log_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(last) + "\n")
+                tracking.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step)
                 bar.update(task, completed=step, loss=f"loss {last['loss']:.3f}")
                 if cfg.save_every and step % cfg.save_every == 0 and step < total:
                     _save(out_dir, params, optimizer, scheduler, step)

@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_scheduler
 
+from obliviate import tracking
 from obliviate.errors import ObliviateError
 from obliviate.io import atomic_open, read_json, write_json
 from obliviate.progress import make_progress
@@ -169,6 +170,7 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
                 if main:
                     with open(log_path, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(last) + "\n")
+                    tracking.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step)
                 bar.update(task, completed=step, loss=f"loss {last['loss']:.3f}")
                 if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                     if main:
