@@ -132,8 +132,8 @@ def _no_network(text: str) -> None:
     assert "<link" not in text and not re.search(r"<script[^>]+src", text)
 
 
-BENCH_PLOTS = ["tradeoff", "bar-model_utility", "bar-forget_quality", "bar-forget_rouge", "bar-unlearn_seconds",
-               "attacks", "relearn", "scalability-0"]
+BENCH_PLOTS = ["ranked", "tradeoff", "dots-model_utility", "dots-forget_quality", "dots-forget_rouge",
+               "dots-unlearn_seconds", "attacks", "relearn", "scalability-0"]
 
 
 def test_bench_report_is_self_contained_with_every_plot(tmp_path):
@@ -154,6 +154,37 @@ def test_bench_report_is_self_contained_with_every_plot(tmp_path):
     assert re.search(r'<figure class="plot" id="plot-scalability-0"><svg', alone)
     assert "npo forget10 seed2" in html  # the unfinished cell is listed
     assert "<?xml" not in html and "<metadata" not in html
+    verdict = html[html.index('id="verdict"'):html.index('id="ranked"')]
+    assert "oracle&#x27;s forget quality" in verdict and "Pareto front" in verdict
+    assert "What the attacks bring back" in verdict
+
+
+def _row(model: str, fq: list[float], mu: list[float], kind: str = "method", attacks: dict | None = None) -> dict:
+    from obliviate.bench.leaderboard import COLUMN, summarize_column
+
+    return {"split": "forget10", "model": model, "kind": kind, "attacks": attacks or {},
+            "metrics": {"forget_quality": summarize_column(COLUMN["forget_quality"], fq),
+                        "model_utility": summarize_column(COLUMN["model_utility"], mu)}}
+
+
+def test_verdict_sentences_are_computed_from_the_numbers():
+    from obliviate.bench.verdict import pareto_front, verdict
+
+    rows = [_row("target", [1e-20, 1e-18], [0.95, 0.96], "anchor"), _row("oracle", [1.0, 1.0], [0.90, 0.92], "anchor"),
+            _row("npo", [0.4, 0.2], [0.91, 0.905], attacks={"relearn": {"mean": 0.5}}),
+            _row("ga", [1e-6, 1e-4], [0.6, 0.5], attacks={"relearn": {"mean": 0.9}}),
+            _row("simnpo", [0.3, 0.01], [0.93, 0.94], attacks={"relearn": {"mean": 0.1}})]
+    sentences = verdict({"rows": rows})["forget10"]
+    assert sentences[0].startswith("1 of 3 methods reach the oracle's forget quality") and "npo (p = 0.283)" in \
+        sentences[0]
+    assert "On some seeds only: simnpo (1 of 2)" in sentences[0]
+    utility = sentences[1]  # the oracle's interval over its two seeds: logit t-interval around 0.91
+    assert utility.startswith("Model utility within the oracle's 95% interval [") and "npo" in utility
+    assert "Below it: ga (0.550)" in utility
+    assert pareto_front([r for r in rows if r["kind"] == "method"]) == ["npo", "simnpo"]
+    assert "Pareto front" in sentences[2] and "npo and simnpo" in sentences[2]
+    assert sentences[3] == ("What the attacks bring back: relearn brings back 50% on average (recovery relative "
+                            "to the oracle), most from ga (90%).")
 
 
 def test_report_escapes_text_from_results(tmp_path):
@@ -358,7 +389,8 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
 def test_reports_render_in_headless_chromium(real_bench, tmp_path):
     run = Cell("ga", "forget10", 0).path(real_bench) / "run"
-    pages = {"bench": (write_report(real_bench), ["tradeoff", "bar-model_utility", "bar-forget_quality"]),
+    pages = {"bench": (write_report(real_bench), ["ranked", "tradeoff", "dots-model_utility", "dots-forget_quality",
+                                                  "training"]),
              "run": (write_report(run), ["tradeoff", "metrics", "training"])}
     for name, (path, expected) in pages.items():
         proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
