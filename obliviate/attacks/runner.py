@@ -214,7 +214,7 @@ def _run_all(names, subjects, roles, skip, configs, progress, stop_on_error, out
             t0, outputs, done = time.perf_counter(), {}, {}
             try:
                 for role in roles:
-                    bar.update(task, description=f"{name}: {role}")
+                    bar.update(task, description=escape(f"{who} · {name}: {role}"))
                     model, tok = subjects.models[role]
                     if id(model) not in done:  # one model in two roles is attacked once
                         done[id(model)] = attack.run(model, tok, subjects.sets)

@@ -33,15 +33,38 @@ HARMLESS_WARNINGS = [
     (DeprecationWarning, r"`torch_dtype` is deprecated"),
     (UserWarning, r"Already found a `peft_config` attribute in the model"),
     (FutureWarning, r"The `use_cache` argument is deprecated"),
+    (FutureWarning, r"`past_key_values` is deprecated and will be removed"),
 ]
+# The same through transformers' own logger (logged once per process, not through `warnings`).
+HARMLESS_LOG_MESSAGES = [r"`past_key_values`/`cache_params` are deprecated", r"`torch_dtype` is deprecated"]
+
+
+class _DropHarmless:
+    """A logging filter that drops the records whose message starts like one of HARMLESS_LOG_MESSAGES."""
+
+    def __init__(self) -> None:
+        import re
+
+        self.patterns = [re.compile(p) for p in HARMLESS_LOG_MESSAGES]
+
+    def filter(self, record) -> bool:  # noqa: A003  (logging's name)
+        message = record.getMessage()
+        return not any(p.search(message) for p in self.patterns)
 
 
 def quiet_harmless_warnings() -> None:
-    """Ignore the known-harmless library deprecation notices (HARMLESS_WARNINGS), and only those."""
+    """Ignore the known-harmless library deprecation notices (HARMLESS_WARNINGS, HARMLESS_LOG_MESSAGES),
+    and only those: every other warning, these libraries' included, is still shown."""
     import warnings
 
     for category, message in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    from transformers.utils import logging as hf_logging
+
+    root = hf_logging.get_logger("transformers")
+    for handler in [*root.handlers, *hf_logging.logging.getLogger().handlers]:
+        if not any(isinstance(f, _DropHarmless) for f in handler.filters):
+            handler.addFilter(_DropHarmless())
 
 
 def main() -> None:
