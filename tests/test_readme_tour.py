@@ -23,7 +23,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SKIP = {"--lm-eval": "lm-evaluation-harness downloads its tasks", "compat tofu-legacy": "needs TOFU's own logs"}
 TINY = [("world:small", "world:tiny"), ("--preset small", "--preset tiny"), ("--world small", "--world tiny")]
 FAST = {  # the command's first word(s) -> flags appended (a repeated option takes the last value)
-    "demo": ["--preset", "tiny", "--out", "runs/demo"],
+    "demo": ["--preset", "tiny", "--out", "runs/demo", "--set", "max_steps=3"],
     "unlearn": ["--set", "max_steps=3"],
     "eval": ["--no-generate"],
     "seeds": ["--n", "2", "--set", "max_steps=2", "--no-generate", "--max-retain", "12"],

@@ -150,7 +150,8 @@ def protocol(name: str, method: str, *, out: str | Path, model: str = "world:sma
 
 def demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: str = "graddiff",
          out: str | Path = "runs/demo", progress: bool = True,
-         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+         log: Callable[[str], None] | None = None,
+         overrides: Sequence[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The whole story on the built-in world: target, unlearned and oracle side by side.
 
     Returns {"run", "seconds", "models": {"target": aggregates, METHOD: aggregates, "oracle (retrain)": ...}}.
@@ -159,4 +160,5 @@ def demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: 
     """
     from obliviate.workflow.demo import run_demo
 
-    return run_demo(preset, seed, split, method, Path(out), progress=progress, log=log)
+    return run_demo(preset, seed, split, method, Path(out), progress=progress, log=log,
+                    overrides=_overrides(overrides))

@@ -211,12 +211,13 @@ def demo(
     method: Annotated[str, typer.Option(help="unlearning method")] = "graddiff",
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
     as_json: JsonOpt = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a method config key: key=value")] = None,
 ) -> None:
     """Unlearn forget10 from the built-in world's model and compare it with the exact-retrain oracle."""
     from obliviate.api import demo as run_demo
 
     story = run_demo(preset, seed, split, method, out, progress=not as_json,
-                     log=None if as_json else console.print)
+                     log=None if as_json else console.print, overrides=set_)
     if as_json:
         return print_json(story)
     console.print(side_by_side(story["models"], f"world:{preset}@{seed} {split} — {method} vs target vs oracle"))
