@@ -12,7 +12,7 @@ from typing import Any
 from obliviate.version import __version__
 
 _API = ("AttackReport", "BenchResult", "EvalResult", "Items", "LoRA", "Run", "attack", "bench", "compare",
-        "demo", "evaluate", "load_model", "protocol", "pull", "seeds", "unlearn")
+        "demo", "evaluate", "load_model", "protocol", "pull", "rerun", "seeds", "unlearn")
 __all__ = ["__version__", *_API]
 
 

@@ -1,4 +1,4 @@
-"""Honest statistics across runs: paired comparison of two evaluated runs, and mean ± sd over seeds.
+"""Honest statistics across runs: paired comparison of two evaluated runs, and the spread over seeds.
 
 **Paired comparison** (`compare_runs`). Two runs evaluated on the same items give, for every
 per-item metric, pairs (a_i, b_i); the question is whether B differs from A beyond item noise.
@@ -26,7 +26,10 @@ refused, and a `subject`/`id` mismatch within a pair is refused too.
 
 **Several seeds** (`aggregate_runs`, `run_seeds`): each seed of the built-in world is a new world
 (people, splits, target and oracle), so the spread over seeds covers data and training noise that
-one run's item-level CI cannot. Reported as mean ± sample sd (ddof = 1) of every aggregate.
+one run's item-level CI cannot. Every aggregate gets its sample sd (ddof = 1) and the 95% interval
+over seeds of `metrics.stats.seed_interval`, on a scale that keeps it in the metric's range; the
+bench leaderboard uses the same function, and the same seed policy (the method's seed is the world
+seed unless `--set seed=` fixes it, `config.with_seed`), so the two agree on the same runs.
 """
 
 from __future__ import annotations
@@ -283,12 +286,14 @@ def _headline_order(key: str) -> tuple[int, str]:
 
 # -- several seeds ---------------------------------------------------------------------------------------
 
-def _mean_sd(values: Sequence[float]) -> dict[str, Any]:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    arr = arr[np.isfinite(arr)]
-    return {"mean": float(arr.mean()) if arr.size else math.nan,
-            "sd": float(arr.std(ddof=1)) if arr.size > 1 else math.nan,
-            "n_runs": int(arr.size), "values": [float(v) if v is not None else None for v in values]}
+def _seed_stats(key: str, values: Sequence[float | None]) -> dict[str, Any]:
+    """Centre, sd and 95% interval over seeds on the metric's own scale: the bench leaderboard's numbers."""
+    from obliviate.metrics.stats import seed_interval, seed_scale
+
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    res = seed_interval(finite, seed_scale(key, finite))
+    res["n_runs"] = res.pop("n")
+    return {**res, "values": [float(v) if v is not None else None for v in values]}
 
 
 def _check_same_setting(runs: Sequence[EvaluatedRun]) -> None:
@@ -308,7 +313,7 @@ def _check_same_setting(runs: Sequence[EvaluatedRun]) -> None:
 
 
 def aggregate_runs(runs: Sequence[str | Path]) -> dict[str, Any]:
-    """Mean ± sd over runs (typically world seeds) of every aggregate all of them report.
+    """Centre, sd and 95% interval over runs (typically world seeds) of every aggregate all of them report.
 
     Forget quality is reported with its KS statistic and n (forget items) per run, under
     "forget_quality/ks_statistic" and "forget_quality/n".
@@ -326,16 +331,18 @@ def aggregate_runs(runs: Sequence[str | Path]) -> dict[str, Any]:
     metrics: dict[str, dict[str, Any]] = {}
     for key in sorted(keys, key=_headline_order):
         aggs = [r.aggregates[key] for r in evaluated]
-        metrics[key] = {**_mean_sd([g.get("value") for g in aggs]),
+        metrics[key] = {**_seed_stats(key, [g.get("value") for g in aggs]),
                         "higher_is_better": aggs[0].get("higher_is_better")}
         if key == "forget_quality":
-            metrics["forget_quality/ks_statistic"] = {**_mean_sd([g.get("ks_statistic") for g in aggs]),
-                                                      "higher_is_better": False}
+            ks = [g.get("ks_statistic") for g in aggs]
+            metrics["forget_quality/ks_statistic"] = {**_seed_stats("ks_statistic", ks), "higher_is_better": False}
             metrics["forget_quality/n"] = {"values": [g.get("n") for g in aggs],
                                            "n_oracle": [g.get("n_oracle") for g in aggs]}
     missing = sorted(set.union(*(set(r.aggregates) for r in evaluated)) - keys)
+    from obliviate.metrics.stats import SEED_CI_METHOD
+
     return {"runs": [str(r.path) for r in evaluated], "n_runs": len(evaluated), "sd": "sample sd (ddof=1)",
-            "metrics": metrics, "not_in_every_run": missing}
+            "ci": SEED_CI_METHOD, "metrics": metrics, "not_in_every_run": missing}
 
 
 def world_seed_spec(model: str, seed: int) -> str:
@@ -350,12 +357,15 @@ def world_seed_spec(model: str, seed: int) -> str:
 
 def run_seeds(model: str, seeds: Sequence[int], out: Path, method: str | None = None, split: str = "forget10",
               overrides: Sequence[str] | None = None, generate: bool = True, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, max_retain: int | None = None) -> dict[str, Any]:
     """Unlearn (or, without `method`, only evaluate the target) on each world seed, then aggregate.
 
     Each seed's run goes to OUT/seed<S> and is evaluated against that world's exact-retrain oracle;
-    the aggregate is written to OUT/seeds.json.
+    the aggregate is written to OUT/seeds.json. The method's seed is the world seed unless
+    `overrides` set it (`config.with_seed`, as in `obliviate bench`); `max_retain` evaluates on the
+    same seeded subset of the retain set as `obliviate bench --max-retain`.
     """
+    from obliviate.config import with_seed
     from obliviate.io import write_json
     from obliviate.workflow import (
         cached_world_eval,
@@ -379,13 +389,13 @@ def run_seeds(model: str, seeds: Sequence[int], out: Path, method: str | None = 
         if log:
             log(f"{spec} ({split}): {'unlearning with ' + method if method else 'evaluating the target'}")
         models = world_models(ref, which=("target", "oracle"), progress=progress)
-        sets = world_eval_sets(ref)
+        sets = world_eval_sets(ref, max_retain=max_retain)
         oracle_tr = cached_world_eval(ref, "oracle", models.oracle, sets)["_forget_truth_ratios"]
         if method is not None:
             from obliviate.runs import load_run_model
             from obliviate.workflow import run_unlearn
 
-            run_unlearn(method, spec, run_dir, split=split, overrides=list(overrides or []),
+            run_unlearn(method, spec, run_dir, split=split, overrides=with_seed(overrides or [], ref.seed),
                         progress=progress)
             mdl, tok = load_run_model(run_dir)
         else:
@@ -395,6 +405,6 @@ def run_seeds(model: str, seeds: Sequence[int], out: Path, method: str | None = 
         config = {"target": str(run_dir) if method else spec, "oracle": "world", "world": ref.as_dict()}
         evaluate(mdl, tok, sets, run_dir, oracle_forget_tr=oracle_tr, generate=generate, config=config)
     summary = {"model": model, "method": method, "split": split, "seeds": list(seeds),
-               "overrides": list(overrides or []), **aggregate_runs(dirs)}
+               "overrides": list(overrides or []), "max_retain": max_retain, **aggregate_runs(dirs)}
     write_json(Path(out) / "seeds.json", summary)
     return summary

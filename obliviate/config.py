@@ -40,7 +40,21 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
+RUN_CONFIG_KEYS = ("method", "method_config")  # a run's config.json (obliviate.runs.write_config) has both
+
+
+def is_run_config(data: Any) -> bool:
+    """True for the config.json a run directory holds (its method's settings are under "method_config")."""
+    return isinstance(data, dict) and all(k in data for k in RUN_CONFIG_KEYS)
+
+
+def read_config_file(path: str | Path, method: str | None = None) -> dict[str, Any]:
+    """The method config keys in a YAML, TOML or JSON file.
+
+    A run's own config.json (`RUN/config.json`) is read too: its resolved "method_config", so
+    `obliviate unlearn --config RUN/config.json` repeats that run's settings. With `method`, a run
+    made with another method is refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -58,6 +72,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot parse config ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: config must be a mapping of key: value")
+    if is_run_config(data):
+        if method is not None and data["method"] != method:
+            raise ConfigError(f"{path}: a run made with method '{data['method']}', not '{method}'")
+        return dict(data["method_config"] or {})
     return data
 
 
@@ -85,3 +103,15 @@ def describe_config(cls: type[StrictConfig]) -> list[tuple[str, str, str, str]]:
         annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
         rows.append((name, annotation, repr(info.default), info.description or ""))
     return rows
+
+
+def with_seed(pairs: Sequence[str], seed: int | None) -> list[str]:
+    """`--set` pairs with `seed=SEED` added unless they set the seed already.
+
+    The one seed policy of `obliviate bench` and `obliviate seeds`: on world seed S the method's own
+    seed is S too, so a replicate varies the world and the training together (docs/statistics.md).
+    """
+    out = list(pairs)
+    if seed is not None and not any(p.partition("=")[0].strip() == "seed" for p in out):
+        out.append(f"seed={seed}")
+    return out

@@ -2,6 +2,9 @@
 
 Every result file is written to a temporary sibling and moved into place with `os.replace`,
 so a reader never sees a truncated file and a killed run leaves the previous version intact.
+The temporary file is created private (mode 0600, `tempfile.mkstemp`) and given the mode an
+ordinary `open` would have (0666 less the umask, typically 0644) before it is moved into place,
+so results on a shared cluster are as readable as any other file their owner writes.
 """
 
 from __future__ import annotations
@@ -32,13 +35,41 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so the umask is never changed, even briefly)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open` gives a new file: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode `mkdir` gives a new directory: 0777 less the umask."""
+    return 0o777 & ~current_umask()
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterable[IO]:
-    """Open a temporary file next to `path`; on success, fsync and rename it over `path`."""
+    """Open a temporary file next to `path`; on success, fsync and rename it over `path`.
+
+    The file gets the umask's mode (as `open` would give it), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
             handle.flush()

@@ -25,21 +25,59 @@ from obliviate.errors import ObliviateError
 from obliviate.io import read_json, write_json
 from obliviate.version import __version__
 
+# The installed distributions whose versions change a run's numbers, recorded in every config.json.
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "numpy",
+            "scipy", "scikit-learn", "rouge-score")
 
-def versions() -> dict[str, str]:
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """{distribution: version} of the installed packages; None for one not installed."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> dict[str, Any] | None:
+    """{"commit", "dirty"} of the checkout obliviate runs from, or None when it is not installed from one."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def versions() -> dict[str, Any]:
+    """obliviate's version (and git commit, from a checkout), Python, the platform and the package versions."""
     import torch
     import transformers
 
     return {
         "obliviate": __version__,
+        "git": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "platform": platform.platform(),
+        "packages": package_versions(),
     }
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """RUN/config.json: the command line, the versions and the run's resolved settings (`obliviate rerun` reads it)."""
     write_json(Path(run_dir) / "config.json", {"command": sys.argv, "versions": versions(), **config})
 
 

@@ -44,6 +44,8 @@ def side_by_side(columns: dict[str, dict[str, Any]], title: str) -> Table:
         first = next(c[key] for c in columns.values() if key in c)
         cells = ["—" if (a := agg.get(key)) is None else _value_ci(a) for agg in columns.values()]
         table.add_row(label + arrow(first.get("higher_is_better")), *cells)
+    table.caption = ("value [95% CI]: the percentile bootstrap over the items (a resampled mean stays in the "
+                     "metric's range); forget quality is a KS p-value, with no interval")
     return table
 
 

@@ -8,6 +8,10 @@ its report.html has every plot.
 
     python scripts/results_table.py                  # every method, small world, forget01/05/10, 3 seeds
     python scripts/results_table.py --preset tiny --methods ga,graddiff --forget forget01 --seeds 1
+    python scripts/results_table.py --figure-from-table     # redraw the figure from docs/results.md's means
+
+The figure is a ranked dot plot (`obliviate.bench.plots.ranked`): for each split, every method's forget
+quality and model utility, ranked by forget quality, against the oracle's band and the target's line.
 """
 
 from __future__ import annotations
@@ -32,11 +36,15 @@ def main() -> None:
     parser.add_argument("--max-retain", type=int, default=None, help="evaluate on this many retain items")
     parser.add_argument("--bench", type=Path, default=None, help="bench directory (default bench/results-PRESET)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--figure-from-table", action="store_true",
+                        help="only redraw the figure, from the means in --out's table (no bench, no intervals)")
     args = parser.parse_args()
+    if args.figure_from_table:
+        return redraw_from_table(args.out)
 
     from obliviate.bench import build_leaderboard, run_bench
     from obliviate.bench.leaderboard import to_markdown
-    from obliviate.bench.plots import tradeoff
+    from obliviate.bench.plots import ranked
     from obliviate.bench.report import rows_by_split
     from obliviate.bench.spec import BenchSpec, parse_methods, parse_seeds, parse_world_splits
     from obliviate.errors import ObliviateError
@@ -52,7 +60,7 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     board = build_leaderboard(bench_dir)
     image = args.out.with_name(args.out.stem + "_tradeoff.svg")
-    svg = tradeoff(rows_by_split(board))
+    svg = ranked(rows_by_split(board))
     if svg is not None:
         with atomic_open(image) as handle:
             handle.write(svg)
@@ -76,7 +84,8 @@ def main() -> None:
         f" (open its `report.html` for every plot). Measured on {time.strftime('%Y-%m-%d')}, "
         f"{platform.machine()} with {_cores()} CPU cores{_gpu()}; its cells took {_cell_time(bench_dir, spec)} in all.",
         "",
-        *([f"![forget quality against model utility]({image.name})", ""] if svg is not None else []),
+        *([f"![every method's forget quality and model utility against the oracle]({image.name})", ""]
+          if svg is not None else []),
         to_markdown(board),
         *(["", "Cells that did not finish:" + failed] if failed else []),
         "",
@@ -84,6 +93,38 @@ def main() -> None:
     with atomic_open(args.out) as handle:
         handle.write(text)
     print(text)
+
+
+def rows_from_table(text: str) -> dict[str, list[dict]]:
+    """The leaderboard rows of a results.md table, means only: {split: [{"model", "kind", "metrics"}]}."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    column = {"forget quality ↑": "forget_quality", "model utility ↑": "model_utility"}
+    out: dict[str, list[dict]] = {}
+    for line in lines[1:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        model = cells["model"]
+        kind = "anchor" if model.startswith("*") else "method"
+        metrics = {}
+        for label, key in column.items():
+            mean = cells.get(label, "—").split(" [")[0]
+            if mean != "—":
+                metrics[key] = {"mean": float(mean), "ci_low": float("nan"), "ci_high": float("nan")}
+        out.setdefault(cells["split"], []).append({"model": model.strip("*").split(" (")[0], "kind": kind,
+                                                   "metrics": metrics})
+    return out
+
+
+def redraw_from_table(markdown: Path) -> None:
+    """Redraw docs/results_tradeoff.svg from the means in `markdown`'s table (no intervals: those need the bench)."""
+    from obliviate.bench.plots import ranked
+    from obliviate.io import atomic_open
+
+    svg = ranked(rows_from_table(markdown.read_text(encoding="utf-8")))
+    image = markdown.with_name(markdown.stem + "_tradeoff.svg")
+    with atomic_open(image) as handle:
+        handle.write(svg)
+    print(f"wrote {image}")
 
 
 def _cell_time(bench_dir: Path, spec) -> str:

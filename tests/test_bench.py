@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from obliviate.bench import BenchSpec, build_leaderboard, run_bench, t_interval, write_leaderboard, write_report
-from obliviate.bench.leaderboard import log_t_interval
 from obliviate.bench.spec import ANCHORS, COMPLETE, RESULT, Cell
 from obliviate.cli import main
 from obliviate.io import read_json, write_json
+from obliviate.metrics.stats import seed_interval
 from tests.helpers import run_cli
 
 # Student-t quantiles t(0.975, df) from a printed table (not from scipy, which the code uses).
@@ -50,11 +50,11 @@ def test_t_interval_matches_hand_computation():
 
 
 def test_forget_quality_is_averaged_on_log10():
-    res = log_t_interval([1e-2, 1e-4])  # log10: -2, -4 -> mean -3, sd sqrt(2)
+    res = seed_interval([1e-2, 1e-4], "pvalue")  # log10: -2, -4 -> mean -3, sd sqrt(2)
     assert res["mean"] == pytest.approx(1e-3)
-    assert math.log10(res["ci_high"]) == pytest.approx(-3 + T975[1], abs=1e-3)
+    assert res["ci_high"] == 1.0  # 10^(-3 + 12.7) is no p-value: capped at 1
     assert math.log10(res["ci_low"]) == pytest.approx(-3 - T975[1], abs=1e-3)
-    assert log_t_interval([0.0])["mean"] > 0  # a p-value of exactly 0 still has a logarithm
+    assert seed_interval([0.0], "pvalue")["mean"] > 0  # a p-value of exactly 0 still has a logarithm
 
 
 # -- a bench directory made by hand ------------------------------------------------------------------------------
@@ -99,12 +99,16 @@ def test_leaderboard_rows_and_intervals(tmp_path):
     rows = {(r["split"], r["model"]): r for r in board["rows"]}
     assert [r["model"] for r in board["rows"]] == ["target", "oracle", "ga", "npo"]
     ga = rows[("forget10", "ga")]
-    half = T975[2] * 0.1 / math.sqrt(3)  # utilities 0.5, 0.6, 0.7: sd 0.1
+    # utilities 0.5, 0.6, 0.7: the t-interval of their logits, mapped back
+    z = [math.log(u / (1 - u)) for u in (0.5, 0.6, 0.7)]
+    z_mean, z_sd = sum(z) / 3, math.sqrt(sum((v - sum(z) / 3) ** 2 for v in z) / 2)
+    low, high = (1 / (1 + math.exp(-(z_mean + s * T975[2] * z_sd / math.sqrt(3)))) for s in (-1, 1))
     mu = ga["metrics"]["model_utility"]
-    assert (mu["mean"], mu["ci_low"], mu["ci_high"]) == pytest.approx((0.6, 0.6 - half, 0.6 + half), abs=2e-4)
+    assert (mu["mean"], mu["ci_low"], mu["ci_high"]) == pytest.approx((0.6, low, high), abs=2e-4)
+    assert 0 < mu["ci_low"] < mu["ci_high"] < 1
     fq = ga["metrics"]["forget_quality"]  # 1e-2, 1e-4, 1e-6: geometric mean 1e-4
     assert fq["mean"] == pytest.approx(1e-4) and fq["values"] == pytest.approx([1e-2, 1e-4, 1e-6])
-    assert ga["metrics"]["unlearn_seconds"]["mean"] == pytest.approx(11.0)
+    assert ga["metrics"]["unlearn_seconds"]["mean"] == pytest.approx((10 * 11 * 12) ** (1 / 3))  # geometric
     assert ga["attacks"]["relearn"]["mean"] == pytest.approx(0.3)
     npo = rows[("forget10", "npo")]  # its seed-2 cell has no completion marker: left out, and said so
     assert npo["n_seeds"] == 2 and npo["incomplete"] == ["npo forget10 seed2"]
@@ -115,9 +119,9 @@ def test_leaderboard_rows_and_intervals(tmp_path):
     csv_rows = paths["csv"].read_text().splitlines()
     header = csv_rows[0].split(",")
     ga_csv = dict(zip(header, next(r for r in csv_rows if r.startswith("forget10,ga,")).split(","), strict=True))
-    assert float(ga_csv["model_utility_ci_high"]) == pytest.approx(0.6 + half, abs=2e-4)
+    assert float(ga_csv["model_utility_ci_high"]) == pytest.approx(high, abs=2e-4)
     md = paths["md"].read_text()
-    assert f"0.600 [{0.6 - half:.3f}, {0.6 + half:.3f}]" in md and "Student-t" in md
+    assert f"0.600 [{low:.3f}, {high:.3f}]" in md and "Student-t" in md and "logit" in md
     assert json.loads(paths["json"].read_text())["rows"][2]["model"] == "ga"
 
 
@@ -128,8 +132,8 @@ def _no_network(text: str) -> None:
     assert "<link" not in text and not re.search(r"<script[^>]+src", text)
 
 
-BENCH_PLOTS = ["tradeoff", "bar-model_utility", "bar-forget_quality", "bar-forget_rouge", "bar-unlearn_seconds",
-               "attacks", "relearn", "scalability-0"]
+BENCH_PLOTS = ["ranked", "tradeoff", "dots-model_utility", "dots-forget_quality", "dots-forget_rouge",
+               "dots-unlearn_seconds", "attacks", "relearn", "scalability-0"]
 
 
 def test_bench_report_is_self_contained_with_every_plot(tmp_path):
@@ -150,6 +154,37 @@ def test_bench_report_is_self_contained_with_every_plot(tmp_path):
     assert re.search(r'<figure class="plot" id="plot-scalability-0"><svg', alone)
     assert "npo forget10 seed2" in html  # the unfinished cell is listed
     assert "<?xml" not in html and "<metadata" not in html
+    verdict = html[html.index('id="verdict"'):html.index('id="ranked"')]
+    assert "oracle&#x27;s forget quality" in verdict and "Pareto front" in verdict
+    assert "What the attacks bring back" in verdict
+
+
+def _row(model: str, fq: list[float], mu: list[float], kind: str = "method", attacks: dict | None = None) -> dict:
+    from obliviate.bench.leaderboard import COLUMN, summarize_column
+
+    return {"split": "forget10", "model": model, "kind": kind, "attacks": attacks or {},
+            "metrics": {"forget_quality": summarize_column(COLUMN["forget_quality"], fq),
+                        "model_utility": summarize_column(COLUMN["model_utility"], mu)}}
+
+
+def test_verdict_sentences_are_computed_from_the_numbers():
+    from obliviate.bench.verdict import pareto_front, verdict
+
+    rows = [_row("target", [1e-20, 1e-18], [0.95, 0.96], "anchor"), _row("oracle", [1.0, 1.0], [0.90, 0.92], "anchor"),
+            _row("npo", [0.4, 0.2], [0.91, 0.905], attacks={"relearn": {"mean": 0.5}}),
+            _row("ga", [1e-6, 1e-4], [0.6, 0.5], attacks={"relearn": {"mean": 0.9}}),
+            _row("simnpo", [0.3, 0.01], [0.93, 0.94], attacks={"relearn": {"mean": 0.1}})]
+    sentences = verdict({"rows": rows})["forget10"]
+    assert sentences[0].startswith("1 of 3 methods reach the oracle's forget quality") and "npo (p = 0.283)" in \
+        sentences[0]
+    assert "On some seeds only: simnpo (1 of 2)" in sentences[0]
+    utility = sentences[1]  # the oracle's interval over its two seeds: logit t-interval around 0.91
+    assert utility.startswith("Model utility within the oracle's 95% interval [") and "npo" in utility
+    assert "Below it: ga (0.550)" in utility
+    assert pareto_front([r for r in rows if r["kind"] == "method"]) == ["npo", "simnpo"]
+    assert "Pareto front" in sentences[2] and "npo and simnpo" in sentences[2]
+    assert sentences[3] == ("What the attacks bring back: relearn brings back 50% on average (recovery relative "
+                            "to the oracle), most from ga (90%).")
 
 
 def test_report_escapes_text_from_results(tmp_path):
@@ -354,7 +389,8 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
 def test_reports_render_in_headless_chromium(real_bench, tmp_path):
     run = Cell("ga", "forget10", 0).path(real_bench) / "run"
-    pages = {"bench": (write_report(real_bench), ["tradeoff", "bar-model_utility", "bar-forget_quality"]),
+    pages = {"bench": (write_report(real_bench), ["ranked", "tradeoff", "dots-model_utility", "dots-forget_quality",
+                                                  "training"]),
              "run": (write_report(run), ["tradeoff", "metrics", "training"])}
     for name, (path, expected) in pages.items():
         proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
@@ -376,3 +412,21 @@ def test_all_methods_leaves_out_moe_only_methods_off_moe_worlds():
     assert "uoe" not in parse_methods("all") and len(parse_methods("all")) == len(METHODS) - 1
     assert parse_methods("all", moe=True) == list(METHODS)
     assert parse_methods("ga,uoe") == ["ga", "uoe"]  # named, it is kept (and fails in its cell off MoE)
+
+
+@pytest.mark.slow
+def test_bench_and_seeds_give_the_same_numbers(real_bench, tmp_path):
+    """One seed policy and one aggregation: `obliviate seeds` on the bench's grid reproduces its row."""
+    from obliviate.api import seeds
+
+    summary = seeds("world:tiny", method="graddiff", n=2, overrides=["max_steps=6"], max_retain=40,
+                    out=tmp_path / "seeds", progress=False)
+    board = json.loads((real_bench / "leaderboard.json").read_text())
+    row = next(r for r in board["rows"] if r["model"] == "graddiff")
+    keys = {"forget_quality": "forget_quality", "model_utility": "model_utility", "forget_rouge": "forget/rouge",
+            "retain_rouge": "retain/rouge", "forget_probability": "forget/probability", "mia_auc": "mia/min_k_auc"}
+    for column, key in keys.items():
+        bench_stats, seeds_stats = row["metrics"][column], summary["metrics"][key]
+        assert seeds_stats["values"] == pytest.approx(bench_stats["values"], rel=1e-9), column
+        for stat in ("mean", "ci_low", "ci_high"):
+            assert seeds_stats[stat] == pytest.approx(bench_stats[stat], rel=1e-9), (column, stat)

@@ -17,9 +17,9 @@ local Hugging Face directory or a hub name. Data specs: `world:SPLIT` (the model
 `world:forget10`), or give `forget=` and `retain=` files.
 """
 
-from obliviate.api.core import attack, evaluate, load_model, pull, unlearn
+from obliviate.api.core import attack, evaluate, load_model, pull, rerun, unlearn
 from obliviate.api.studies import bench, compare, demo, protocol, seeds
 from obliviate.api.types import AttackReport, BenchResult, EvalResult, Items, LoRA, Run
 
 __all__ = ["AttackReport", "BenchResult", "EvalResult", "Items", "LoRA", "Run", "attack", "bench", "compare",
-           "demo", "evaluate", "load_model", "protocol", "pull", "seeds", "unlearn"]
+           "demo", "evaluate", "load_model", "protocol", "pull", "rerun", "seeds", "unlearn"]

@@ -60,7 +60,8 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
             prompt: str | PromptFormat | None = None, system_prompt: str | None = None,
             chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
             device: str = "auto", dtype: str = "auto", defaults: str = "auto", progress: bool = True,
-            log: Callable[[str], None] | None = None, info: Callable[[str], None] | None = None) -> Run:
+            log: Callable[[str], None] | None = None, info: Callable[[str], None] | None = None,
+            report_to: str | Sequence[str] | None = None) -> Run:
     """Unlearn with `method` from `model` into the run directory `out`; returns the Run.
 
     `data` names a benchmark: `"world:forget10"` (the world's split; the model must be `world:...`) or
@@ -71,6 +72,8 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
     `ref` picks how a reference model is held (adapter, precompute, copy or auto). `defaults` picks the
     method's paper defaults (7B-scale) or the world's (auto: world for `world:` models, paper otherwise).
     Warnings about the data (e.g. forget items also in the retain set) go to `log`, by default Python's warnings.
+    `report_to` ("tensorboard", "wandb", "mlflow" or a list) logs the losses, the method's logs, the resolved
+    config and the final numbers to those trackers (`obliviate.tracking`).
 
         run = ob.unlearn("graddiff", model="world:tiny", data="world:forget10", out="runs/gd",
                          overrides={"lr": 3e-4})
@@ -86,17 +89,76 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
     values = _overrides(overrides) + ([ref_override(method, ref)] if ref is not None else [])
     lora_spec = lora.spec() if isinstance(lora, LoRA) else lora
     extra = {"log": log} if log is not None else {}
-    summary = run_unlearn(method, spec, Path(out), None if forget is None else str(forget),
-                          None if retain is None else str(retain), split, values,
-                          None if config is None else Path(config), _pairs(mapping), strict, resume,
-                          progress=progress, lora=lora_spec, merge=merge,
-                          fmt=_format(prompt, system_prompt, chat_kwargs, max_new_tokens), device=device, dtype=dtype,
-                          data=data, defaults=defaults, info=info, **extra)
+    from obliviate import tracking
+
+    hparams = {"method": method, "model": spec, "split": split, "data": data, "lora": lora_spec,
+               "method_config": _resolved_config(method, values, config, spec, defaults)}
+    with tracking.session(report_to, Path(out).name, Path(out), hparams):
+        summary = run_unlearn(method, spec, Path(out), None if forget is None else str(forget),
+                              None if retain is None else str(retain), split, values,
+                              None if config is None else Path(config), _pairs(mapping), strict, resume,
+                              progress=progress, lora=lora_spec, merge=merge,
+                              fmt=_format(prompt, system_prompt, chat_kwargs, max_new_tokens), device=device,
+                              dtype=dtype, data=data, defaults=defaults, info=info, **extra)
+        tracking.log({f"unlearn/{k}": summary.get(k) for k in ("seconds", "train_seconds", "steps",
+                                                                "peak_memory_mb")})
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, only the main process writes the run
         return Run(Path(out), {"method": method, "unlearn": summary}, {})
     return Run.load(out)
+
+
+def _resolved_config(method: str, overrides: Sequence[str], config: str | Path | None, model: str,
+                     defaults: str = "auto") -> dict[str, Any]:
+    """The method's config as the run will resolve it (for the trackers); {} when it does not resolve."""
+    from obliviate.config import build_config, parse_overrides, read_config_file
+    from obliviate.errors import ObliviateError
+    from obliviate.methods import get_method
+    from obliviate.methods.defaults import default_values, resolve_mode
+
+    try:
+        cls = get_method(method)
+        values = default_values(cls, resolve_mode(defaults, model))
+        values.update(read_config_file(config, method) if config is not None else {})
+        values.update(parse_overrides(overrides))
+        return build_config(cls.Config, values).model_dump()
+    except ObliviateError:
+        return {}  # the run itself reports the error
+
+
+def rerun(run: str | Path | Run, *, out: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None,
+          progress: bool = True, log: Callable[[str], None] | None = None) -> Run:
+    """Unlearn again as the run `run` did (its config.json), into `out`; `overrides` change method keys.
+
+    The method, model, data, split, LoRA, prompt format and every resolved method setting (the seed
+    included) come from the run's config.json, so on the same machine and versions the new run repeats
+    the old one.
+
+        again = ob.rerun("runs/gd", out="runs/gd-again")
+    """
+    from obliviate.config import is_run_config
+    from obliviate.io import read_json
+
+    path = Path(run.path if isinstance(run, Run) else run)
+    config_file = path / "config.json" if path.is_dir() else path
+    if not config_file.is_file():
+        raise ConfigError(f"{path}: no config.json; give a run directory made by `obliviate unlearn`")
+    config = read_json(config_file)
+    if not is_run_config(config):
+        raise ConfigError(f"{config_file}: not a run's config.json (no method and method_config)")
+    if Path(out).resolve() == config_file.parent.resolve():
+        raise ConfigError(f"--out {out}: give a new directory; the run itself is what is repeated")
+    split = config.get("split") or (config.get("world") or {}).get("split") or "forget10"
+    fmt = None
+    if config.get("prompt_format"):
+        from obliviate.models.prompts import PromptFormat
+
+        fmt = PromptFormat.from_state(config["prompt_format"])
+    return unlearn(config["method"], config["model"], config.get("data"), out=out, forget=config.get("forget"),
+                   retain=config.get("retain"), split=split, lora=config.get("lora"), overrides=overrides,
+                   config=config_file, mapping=config.get("mapping") or None, strict=bool(config.get("strict")),
+                   merge=bool(config.get("merged")), prompt=fmt, progress=progress, log=log)
 
 
 def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retain: str | Path | None = None,
@@ -107,7 +169,7 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
              prompt: str | PromptFormat | None = None, system_prompt: str | None = None,
              chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
              batch_size: int = 32, device: str = "auto", dtype: str = "auto", preset: str | None = None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, report_to: str | Sequence[str] | None = None) -> EvalResult:
     """Score a run or model with the qa suite (TOFU-style) against its oracle; returns an EvalResult.
 
     A run from the built-in world is scored on the world's sets against its exact-retrain oracle; a run
@@ -116,11 +178,14 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
     or an evaluated directory, for forget quality). Results go to `out`, by default the run directory.
     `preset="open-unlearning"` evaluates in open-unlearning's TOFU protocol (its chat format, system prompt,
     date string and 200-token budget) and adds its seven headline keys (`result.payload["open_unlearning"]`).
+    `report_to` logs the aggregates to experiment trackers (`obliviate.tracking`).
 
         result = ob.evaluate("runs/gd")
         print(result["forget_quality"], result["model_utility"])
     """
+    from obliviate import tracking
     from obliviate.evals import open_unlearning as ou
+    from obliviate.runs import is_run_dir
     from obliviate.workflow import evaluate_target
 
     fmt = _format(prompt, system_prompt, chat_kwargs, max_new_tokens)
@@ -128,16 +193,21 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
         if preset != ou.PRESET:
             raise ConfigError(f"--preset {preset!r}: the one preset is {ou.PRESET}")
         fmt = fmt or ou.preset_format()
-
-    payload = evaluate_target(_spec(model), None if forget is None else str(forget),
-                              None if retain is None else str(retain),
-                              _pairs(utility),
-                              None if holdout is None else str(holdout), None if oracle is None else str(oracle),
-                              split, world, None if out is None else Path(out),
-                              _pairs(mapping), generate, progress,
-                              fmt=fmt, device=device, dtype=dtype, batch_size=batch_size, data=data, legacy=legacy,
-                              preset=preset)
     path = Path(out) if out is not None else Path(_spec(model))
+    if out is None and not is_run_dir(path):
+        report_to = None  # nowhere to write; evaluate_target says so in one line
+    with tracking.session(report_to, f"{path.name or _spec(model)}-eval", path,
+                          {"model": _spec(model), "oracle": None if oracle is None else str(oracle), "split": split,
+                           "generate": generate}):
+        payload = evaluate_target(_spec(model), None if forget is None else str(forget),
+                                  None if retain is None else str(retain),
+                                  _pairs(utility),
+                                  None if holdout is None else str(holdout), None if oracle is None else str(oracle),
+                                  split, world, None if out is None else Path(out),
+                                  _pairs(mapping), generate, progress,
+                                  fmt=fmt, device=device, dtype=dtype, batch_size=batch_size, data=data,
+                                  legacy=legacy, preset=preset)
+        tracking.log_metrics(payload["aggregates"])
     from obliviate.io import read_jsonl
 
     return EvalResult(payload["aggregates"], Items(read_jsonl(path / "items.jsonl")), path, payload)

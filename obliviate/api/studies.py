@@ -22,11 +22,13 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
           overrides: Sequence[str] | Mapping[str, Any] | None = None, jobs: int = 1, threads: int = 0,
           max_retain: int | None = None, generate: bool = True, keep_models: bool = True,
           redo_stale: bool = False, report: bool = True, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> BenchResult:
+          log: Callable[[str], None] | None = None, report_to: str | Sequence[str] | None = None) -> BenchResult:
     """Run methods × forget splits × seeds, each unlearned and evaluated against the oracle (and attacked).
 
     Resumable: the same call again keeps finished cells and redoes the rest. On the built-in world,
     `forget` names splits; with `model=` (your own model), it names forget files (PATH or LABEL=PATH).
+    `report_to` logs each cell's training and final metrics to experiment trackers, one tracker run per
+    cell (`obliviate.tracking`).
 
         board = ob.bench(["ga", "npo"], world="tiny", seeds=2, out="bench/b1")
         board.to_pandas()
@@ -41,6 +43,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
         parse_world_splits,
         scope_overrides,
     )
+    from obliviate.tracking import parse_report_to
 
     names = parse_methods(_csv(methods), moe=model is None and world.partition(":")[2] == "moe")
     if model is None and (retain or oracle or holdout or utility):
@@ -62,6 +65,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
         overrides=scope_overrides(names, _overrides(overrides)),
         attacks=parse_attacks(None if attacks is None else _csv(attacks)),
         max_retain=max_retain, generate=generate, keep_models=keep_models, threads=threads,
+        report_to=parse_report_to(report_to),
     )
     outcome = run_bench(spec, Path(out), jobs=jobs, progress=progress, log=log, report=report,
                         redo_stale=redo_stale)
@@ -91,8 +95,8 @@ def compare(run_a: str | Path | Run, run_b: str | Path | Run, *, metrics: Sequen
 def seeds(model: str | None = None, *, runs: Sequence[str | Path] | None = None, method: str | None = None,
           n: int = 3, split: str = "forget10", overrides: Sequence[str] | Mapping[str, Any] | None = None,
           out: str | Path | None = None, generate: bool = True, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Mean ± sd over world seeds: run `n` seeds of `model` (world:PRESET), or aggregate evaluated `runs`.
+          log: Callable[[str], None] | None = None, max_retain: int | None = None) -> dict[str, Any]:
+    """Mean, sd and 95% interval over world seeds: run `n` seeds of `model` (world:PRESET), or aggregate `runs`.
 
         summary = ob.seeds("world:tiny", method="graddiff", n=2, out="runs/seeds")
         summary["metrics"]["model_utility"]["mean"]
@@ -114,10 +118,13 @@ def seeds(model: str | None = None, *, runs: Sequence[str | Path] | None = None,
         raise ConfigError("--out is required to run seeds")
     if n < 1:
         raise ConfigError("--n must be at least 1")
+    if max_retain is not None and max_retain < 1:
+        raise ConfigError("--max-retain must be at least 1")
     ref = parse_world_spec(model)
     first = ref.seed if ref is not None else 0
     return run_seeds(model, list(range(first, first + n)), Path(out), method=method, split=split,
-                     overrides=_overrides(overrides), generate=generate, progress=progress, log=log)
+                     overrides=_overrides(overrides), generate=generate, progress=progress, log=log,
+                     max_retain=max_retain)
 
 
 def protocol(name: str, method: str, *, out: str | Path, model: str = "world:small",
@@ -143,7 +150,8 @@ def protocol(name: str, method: str, *, out: str | Path, model: str = "world:sma
 
 def demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: str = "graddiff",
          out: str | Path = "runs/demo", progress: bool = True,
-         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+         log: Callable[[str], None] | None = None,
+         overrides: Sequence[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The whole story on the built-in world: target, unlearned and oracle side by side.
 
     Returns {"run", "seconds", "models": {"target": aggregates, METHOD: aggregates, "oracle (retrain)": ...}}.
@@ -152,4 +160,5 @@ def demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: 
     """
     from obliviate.workflow.demo import run_demo
 
-    return run_demo(preset, seed, split, method, Path(out), progress=progress, log=log)
+    return run_demo(preset, seed, split, method, Path(out), progress=progress, log=log,
+                    overrides=_overrides(overrides))

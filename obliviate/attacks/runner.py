@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
 from obliviate.attacks import ORDER, get_attack
 from obliviate.attacks.base import ROLES, AttackSets, RunInfo, run_info
@@ -33,6 +34,7 @@ from obliviate.attacks.facts import data_sets, world_sets
 from obliviate.config import build_config
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.io import read_json
+from obliviate.progress import make_progress
 
 
 @dataclass
@@ -196,10 +198,12 @@ def _threads(sets: AttackSets | None):
 
 
 def _run_all(names, subjects, roles, skip, configs, progress, stop_on_error, out: AttackRun) -> None:
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), disable=not progress)
+    run = subjects if isinstance(subjects, RunInfo) else subjects.run
+    who = f"{Path(run.spec).name or run.spec} · attacks"  # the run's name on the bar
+    bar = make_progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), disable=not progress)
     with bar:
-        task = bar.add_task("attacks", total=len(names) * len(roles))
+        task = bar.add_task(escape(who), total=len(names) * len(roles))
         for name in names:
             attack = get_attack(name)((configs or {}).get(name))
             if name in skip:
@@ -210,7 +214,7 @@ def _run_all(names, subjects, roles, skip, configs, progress, stop_on_error, out
             t0, outputs, done = time.perf_counter(), {}, {}
             try:
                 for role in roles:
-                    bar.update(task, description=f"{name}: {role}")
+                    bar.update(task, description=escape(f"{who} · {name}: {role}"))
                     model, tok = subjects.models[role]
                     if id(model) not in done:  # one model in two roles is attacked once
                         done[id(model)] = attack.run(model, tok, subjects.sets)

@@ -29,6 +29,7 @@ import obliviate.evals.qa  # noqa: F401
 import obliviate.methods  # noqa: F401
 import obliviate.workflow.unlearning  # noqa: F401  (the unlearn workflow)
 from obliviate import metrics as M
+from obliviate import tracking
 from obliviate.bench import extras
 from obliviate.bench.spec import COMPLETE, ERROR, RESULT, BenchSpec, Cell
 from obliviate.errors import ObliviateError
@@ -50,7 +51,11 @@ def run_cell(spec_dict: dict[str, Any], cell: Cell, root: str, parent_pid: int) 
         torch.set_num_threads(spec.threads or 1)  # tiny world models only lose time to intra-op threads
     code = 0
     try:
-        result = run_anchors(spec, cell) if cell.is_anchor else run_method(spec, cell, path)
+        with tracking.session(spec.report_to, cell.label.replace(" ", "-"), Path(root),
+                              {"cell": cell.label, "method": cell.method, "split": cell.split, "seed": cell.seed,
+                               "overrides": [] if cell.is_anchor else spec.method_overrides(cell.method, cell.seed)}):
+            result = run_anchors(spec, cell) if cell.is_anchor else run_method(spec, cell, path)
+            _log_result(result)
         write_json(path / RESULT, {"kind": "anchors" if cell.is_anchor else "method", "method": cell.method,
                                    "split": cell.split, "seed": cell.seed, **result,
                                    "cell_seconds": time.perf_counter() - t0, "cell_cpu_seconds": _cpu_seconds()})
@@ -67,6 +72,16 @@ def run_cell(spec_dict: dict[str, Any], cell: Cell, root: str, parent_pid: int) 
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip the parent's atexit handlers, inherited by fork
+
+
+def _log_result(result: dict[str, Any]) -> None:
+    """The cell's final numbers to its tracker run (nothing without --report-to)."""
+    for role in ("target", "oracle"):
+        if isinstance(result.get(role), dict):
+            tracking.log_metrics(result[role].get("aggregates") or {}, prefix=f"eval/{role}")
+    tracking.log_metrics(result.get("aggregates") or {})
+    tracking.log({f"unlearn/{k}": v for k, v in (result.get("unlearn") or {}).items()})
+    tracking.log({"attacks/robustness": (result.get("attacks") or {}).get("robustness")})
 
 
 # -- process hygiene ------------------------------------------------------------------------------------------
@@ -117,13 +132,11 @@ def _reset_peak_memory() -> None:
 def eval_sets(spec: BenchSpec, cell: Cell) -> EvalSets:
     """The sets every model of a (split, seed) is evaluated on: the world's, or the user's files."""
     from obliviate.data import load_items
-    from obliviate.world import get_world
 
-    if spec.on_world:
-        ref = world_ref(spec, cell)
-        world = get_world(ref.preset, ref.seed)
-        return EvalSets(world.forget_set(cell.split), world.retain_set(cell.split, max_items=spec.max_retain),
-                        world.utility_sets(), world.holdout_set())
+    if spec.on_world:  # the same sets as `obliviate seeds --max-retain` evaluates on
+        from obliviate.workflow import world_eval_sets
+
+        return world_eval_sets(world_ref(spec, cell), max_retain=spec.max_retain)
     retain = load_items(spec.retain, "qa")
     if spec.max_retain is not None and spec.max_retain < len(retain):
         keep = sorted(random.Random("obliviate-bench-retain").sample(range(len(retain)), spec.max_retain))

@@ -2,14 +2,13 @@
 metric's mean over seeds with a 95% confidence interval over seeds.
 
 Interval: Student's t over the per-seed values (each seed a new world, target, oracle and
-unlearning run, so seeds are independent replicates):
-
-    mean ± t_{0.975, n−1} · s / √n,    s = the sample standard deviation (ddof 1).
-
-Forget quality is a p-value spanning many orders of magnitude, so it is averaged on log10: its
-"mean" is the geometric mean over seeds and its interval is the t-interval of log10 FQ, mapped
-back. With one seed there is no interval (shown as —). Within a seed, each cell's own results.json
-keeps the item-level bootstrap CIs; the leaderboard is about the spread between seeds.
+unlearning run, so seeds are independent replicates), computed on a scale that keeps it within the
+metric's range and mapped back (`obliviate.metrics.stats.seed_interval`): logit for metrics in [0, 1],
+log10 for forget quality (a p-value: its centre is the geometric mean, its interval capped at 1),
+log for times and memory, log(x + 100) for PrivLeak. `obliviate seeds` uses the same function, so
+the two give the same numbers for the same runs. With one seed there is no interval (shown as —).
+Within a seed, each cell's own results.json keeps the item-level bootstrap CIs; the leaderboard is
+about the spread between seeds.
 
 Forget quality depends on the forget-set size n (a KS p-value), so it is compared within a split,
 never across splits.
@@ -33,11 +32,10 @@ import numpy as np
 
 from obliviate.bench.spec import RESULT, BenchSpec, cell_state, load_spec
 from obliviate.io import atomic_open, read_json, write_json
+from obliviate.metrics.stats import SEED_CI_METHOD, SEED_CONFIDENCE, seed_interval
 
-CONFIDENCE = 0.95
-CI_METHOD = ("95% Student-t interval over seeds, mean ± t(0.975, n−1)·s/√n; forget quality: geometric mean "
-             "over seeds with the t-interval of log10 FQ; no interval from a single seed")
-LOG_FLOOR = np.finfo(float).tiny  # a p-value of exactly 0 still has a logarithm
+CONFIDENCE = SEED_CONFIDENCE
+CI_METHOD = SEED_CI_METHOD
 
 
 def _agg(key: str) -> Callable[[dict], float | None]:
@@ -64,7 +62,12 @@ class Column:
     label: str
     higher_is_better: bool | None  # None: closer to a reference is better (AUC 0.5, PrivLeak 0)
     get: Callable[[dict], float | None]
-    log: bool = False  # average on log10 (geometric mean)
+    scale: str = "unit"  # the interval's scale (obliviate.metrics.stats.SEED_SCALES)
+
+    @property
+    def log(self) -> bool:
+        """Shown on a log axis: a p-value spanning many orders of magnitude."""
+        return self.scale == "pvalue"
 
     @property
     def arrow(self) -> str:
@@ -72,16 +75,16 @@ class Column:
 
 
 COLUMNS = [
-    Column("forget_quality", "forget quality", True, _agg("forget_quality"), log=True),
+    Column("forget_quality", "forget quality", True, _agg("forget_quality"), "pvalue"),
     Column("model_utility", "model utility", True, _agg("model_utility")),
     Column("forget_rouge", "forget ROUGE-L", False, _agg("forget/rouge")),
     Column("retain_rouge", "retain ROUGE-L", True, _agg("retain/rouge")),
     Column("forget_probability", "forget probability", False, _agg("forget/probability")),
     Column("mia_auc", "MIA AUC (Min-K%)", None, _agg("mia/min_k_auc")),
-    Column("privleak", "PrivLeak", None, _text("privleak")),
+    Column("privleak", "PrivLeak", None, _text("privleak"), "privleak"),
     Column("robustness", "robustness", True, _robustness),
-    Column("unlearn_seconds", "unlearn time (s)", False, _unlearn("seconds")),
-    Column("peak_memory_mb", "peak memory (MB)", False, _unlearn("peak_memory_mb")),
+    Column("unlearn_seconds", "unlearn time (s)", False, _unlearn("seconds"), "positive"),
+    Column("peak_memory_mb", "peak memory (MB)", False, _unlearn("peak_memory_mb"), "positive"),
 ]
 COLUMN = {c.key: c for c in COLUMNS}
 
@@ -89,32 +92,14 @@ COLUMN = {c.key: c for c in COLUMNS}
 # -- statistics -----------------------------------------------------------------------------------------------
 
 def t_interval(values, confidence: float = CONFIDENCE) -> dict[str, float]:
-    """{"mean", "ci_low", "ci_high", "sd", "n"} of the finite values: mean ± t_{(1+c)/2, n−1}·s/√n."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    x = x[np.isfinite(x)]
-    n = int(x.size)
-    if n == 0:
-        return {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "sd": math.nan, "n": 0}
-    mean = float(x.mean())
-    if n == 1:
-        return {"mean": mean, "ci_low": math.nan, "ci_high": math.nan, "sd": math.nan, "n": 1}
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "sd": sd, "n": n}
-
-
-def log_t_interval(values, confidence: float = CONFIDENCE) -> dict[str, float]:
-    """The t-interval of log10(values), mapped back: geometric mean and its interval."""
-    x = [math.log10(max(float(v), LOG_FLOOR)) for v in values if v is not None and np.isfinite(v)]
-    res = t_interval(x, confidence)
-    back = {k: (10 ** res[k] if np.isfinite(res[k]) else math.nan) for k in ("mean", "ci_low", "ci_high")}
-    return {**back, "sd_log10": res["sd"], "n": res["n"]}
+    """{"mean", "ci_low", "ci_high", "sd", "n"} of the finite values: mean ± t_{(1+c)/2, n−1}·s/√n, for a
+    metric with no bounds (the "real" scale of `seed_interval`)."""
+    res = seed_interval(values, "real", confidence)
+    return {k: res[k] for k in ("mean", "ci_low", "ci_high", "sd", "n")}
 
 
 def summarize_column(column: Column, values: list[float | None]) -> dict[str, Any]:
-    stats = log_t_interval(values) if column.log else t_interval(values)
+    stats = seed_interval(values, column.scale)
     return {**stats, "values": [None if v is None else float(v) for v in values]}
 
 

@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-ANCHOR_STYLE = {"target": dict(marker="X", color="black", s=110), "oracle": dict(marker="*", color="#d4a017", s=220)}
+TARGET_COLOR, ORACLE_COLOR = "black", "#d4a017"
+ANCHOR_STYLE = {"target": dict(marker="X", color=TARGET_COLOR, s=110),
+                "oracle": dict(marker="*", color=ORACLE_COLOR, s=220)}
+# Methods take colours that are neither the target's black nor the oracle's gold.
+METHOD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#17becf", "#e377c2", "#8c564b", "#7f7f7f",
+                 "#bcbd22", "#ff7f0e", "#393b79", "#637939"]
+# The range of each scale (obliviate.metrics.stats.SEED_SCALES): axes never run past it.
+SCALE_RANGE = {"unit": (0.0, 1.0), "pvalue": (0.0, 1.0), "positive": (0.0, math.inf), "privleak": (-100.0, math.inf),
+               "real": (-math.inf, math.inf)}
 
 
 def _plt():
@@ -65,6 +73,45 @@ def _errs(stats: Sequence[tuple[float, float, float]]) -> np.ndarray | None:
 
 # -- bench plots ----------------------------------------------------------------------------------------------
 
+def _oracle_band(ax, stats: tuple[float, float, float], axis: str, label: str | None = "oracle (95% interval)"):
+    """The oracle as a reference: a gold line at its mean and a band over its interval over seeds."""
+    mean, low, high = stats
+    if not np.isfinite(mean):
+        return
+    line, span = (ax.axhline, ax.axhspan) if axis == "y" else (ax.axvline, ax.axvspan)
+    line(mean, color=ORACLE_COLOR, lw=1.2, zorder=1, label=label)
+    if np.isfinite(low) and np.isfinite(high) and high > low:
+        span(low, high, color=ORACLE_COLOR, alpha=0.18, lw=0, zorder=0)
+
+
+def _unit_limits(ax, rows: Sequence[dict], key: str, axis: str, log: bool = False, scale: str = "unit") -> None:
+    """Axis limits around the values and intervals, never past the metric's range (p ≤ 1, utility ≤ 1)."""
+    lo_range, hi_range = SCALE_RANGE[scale]
+    values = [v for r in rows for v in _value(r, key) if np.isfinite(v)]
+    if not values:
+        return
+    lo, hi = min(values), max(values)
+    if log:
+        positive = [v for v in values if v > 0]
+        lo = min(positive) / 3 if positive else 1e-3
+        hi = min(hi_range, hi * 3) if np.isfinite(hi_range) else hi * 3
+    else:
+        pad = max(0.03 * (hi - lo), 0.01)
+        lo, hi = max(lo_range, lo - pad), min(hi_range, hi + pad)
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(lo, hi)
+
+
+def _place_labels(ax, labels: list) -> None:
+    """Move point labels apart so none overlaps another or a point (adjustText, when installed)."""
+    if len(labels) < 2:
+        return
+    try:
+        from adjustText import adjust_text
+    except ImportError:
+        return
+    adjust_text(labels, ax=ax, arrowprops=dict(arrowstyle="-", color="#999", lw=0.5))
+
+
 MARKERS = "osD^vP<>hX*p"
 LABEL_LIMIT = 8  # name the points on the plot itself up to this many methods; beyond, the legend does
 
@@ -80,19 +127,24 @@ def tradeoff(rows_by_split: dict[str, list[dict]], prefix: str = "tradeoff") -> 
         return None
     plt = _plt()
     methods = list(dict.fromkeys(r["model"] for rows in panels.values() for r in rows if r["kind"] == "method"))
-    colors = plt.cm.tab20(np.linspace(0, 1, max(len(methods), 1)))
+    colors = [METHOD_COLORS[k % len(METHOD_COLORS)] for k in range(len(methods))]
     crowded = len(methods) > LABEL_LIMIT
     width, height = (6.4, 5.0) if crowded else (5.2, 4.2)
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
     handles: dict[str, Any] = {}
     for ax, (split, rows) in zip(axes[0], panels.items(), strict=True):
+        labels = []
+        oracle = next((r for r in rows if r["model"] == "oracle"), None)
+        if oracle is not None:
+            _oracle_band(ax, _value(oracle, "model_utility"), "y")
         for row in rows:
             fq, mu = _value(row, "forget_quality"), _value(row, "model_utility")
             if not (np.isfinite(fq[0]) and np.isfinite(mu[0])):
                 continue
             if row["kind"] == "anchor":
                 style = ANCHOR_STYLE.get(row["model"], dict(marker="D", color="grey", s=80))
-                handles[row["model"]] = ax.scatter([fq[0]], [mu[0]], zorder=4, edgecolors="white", **style)
+                handles[row["model"]] = ax.scatter([fq[0]], [mu[0]], zorder=4, edgecolors="white", clip_on=False,
+                                                   **style)
                 ax.errorbar([fq[0]], [mu[0]], xerr=_err(*fq), yerr=_err(*mu), fmt="none", color=style["color"],
                             capsize=2, lw=0.8, zorder=3)
                 continue
@@ -101,8 +153,11 @@ def tradeoff(rows_by_split: dict[str, list[dict]], prefix: str = "tradeoff") -> 
                                                 fmt=MARKERS[k % len(MARKERS)], color=colors[k], capsize=3, ms=6,
                                                 zorder=5)
             if not crowded:
-                ax.annotate(row["model"], (fq[0], mu[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+                labels.append(ax.text(fq[0], mu[0], row["model"], fontsize=8, color=colors[k]))
         ax.set_xscale("log")
+        _unit_limits(ax, rows, "model_utility", "y")
+        _unit_limits(ax, rows, "forget_quality", "x", log=True)
+        _place_labels(ax, labels)
         ax.set_xlabel("forget quality (KS p-value, log scale) →")
         ax.set_ylabel("model utility →")
         ax.set_title(split)
@@ -112,35 +167,87 @@ def tradeoff(rows_by_split: dict[str, list[dict]], prefix: str = "tradeoff") -> 
     return to_svg(fig, prefix)
 
 
-def metric_bars(rows_by_split: dict[str, list[dict]], key: str, label: str, log: bool = False,
-                prefix: str | None = None) -> str | None:
-    """One metric: a group of bars per model (one bar per split), with CI error bars."""
-    models: list[str] = []
-    for rows in rows_by_split.values():
-        for r in rows:
-            if r["model"] not in models and np.isfinite(_value(r, key)[0]):
-                models.append(r["model"])
-    if not models:
+def metric_dots(rows_by_split: dict[str, list[dict]], key: str, label: str, log: bool = False,
+                prefix: str | None = None, scale: str = "unit", higher_is_better: bool | None = None) -> str | None:
+    """One metric as a dot plot: a row per method (ranked, best first) with its interval over seeds,
+    against the oracle's band (gold) and the target (black dashed line); one panel per split."""
+    panels = {s: rows for s, rows in rows_by_split.items() if any(np.isfinite(_value(r, key)[0]) for r in rows)}
+    if not panels:
         return None
     plt = _plt()
-    splits = list(rows_by_split)
-    width = 0.8 / len(splits)
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.62 * len(models) * max(1, len(splits) * 0.7) + 1.5), 3.4))
-    x = np.arange(len(models))
-    for j, split in enumerate(splits):
-        by_model = {r["model"]: _value(r, key) for r in rows_by_split[split]}
-        stats = [by_model.get(m, (math.nan,) * 3) for m in models]
-        means = np.array([s[0] for s in stats])
-        ax.bar(x + (j - (len(splits) - 1) / 2) * width, np.nan_to_num(means, nan=0.0), width, yerr=_errs(stats),
-               capsize=2, label=split, color=f"C{j}", alpha=0.85, error_kw=dict(lw=0.8))
-    ax.set_xticks(x, models, rotation=30, ha="right")
-    ax.set_title(label)
+    n_methods = max(sum(r["kind"] == "method" for r in rows) for rows in panels.values())
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.2, 0.28 * max(n_methods, 2) + 1.3),
+                             squeeze=False)
+    for ax, (split, rows) in zip(axes[0], panels.items(), strict=True):
+        _dot_panel(ax, rows, key, log, scale, higher_is_better)
+        ax.set_title(split if len(panels) > 1 else f"{label} — {split}")
+        ax.set_xlabel(label + (" (log scale)" if log else ""))
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="upper center", ncol=len(handles), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 1.06))
+    fig.tight_layout()
+    return to_svg(fig, prefix or f"dots-{key}")
+
+
+def _ranked(rows: Sequence[dict], key: str, higher_is_better: bool | None) -> list[dict]:
+    methods = [r for r in rows if r["kind"] == "method" and np.isfinite(_value(r, key)[0])]
+    sign = -1 if higher_is_better is False else 1
+    return sorted(methods, key=lambda r: -sign * _value(r, key)[0])
+
+
+def _dot_panel(ax, rows: Sequence[dict], key: str, log: bool, scale: str, higher_is_better: bool | None,
+               order: Sequence[str] | None = None, names: bool = True) -> None:
+    by_name = {r["model"]: r for r in rows}
+    methods = [by_name[m] for m in order if m in by_name] if order else _ranked(rows, key, higher_is_better)
+    y = np.arange(len(methods))[::-1]
+    oracle, target = by_name.get("oracle"), by_name.get("target")
+    if oracle is not None:
+        _oracle_band(ax, _value(oracle, key), "x")
+    if target is not None and np.isfinite(_value(target, key)[0]):
+        ax.axvline(_value(target, key)[0], color=TARGET_COLOR, ls="--", lw=1, zorder=1, label="target")
+    for yi, row in zip(y, methods, strict=True):
+        mean, low, high = _value(row, key)
+        if not np.isfinite(mean):
+            continue
+        ax.errorbar([mean], [yi], xerr=_err(mean, low, high), fmt="o", color=METHOD_COLORS[0], ms=5, capsize=2,
+                    lw=1, zorder=3)
+    ax.set_yticks(y, [r["model"] for r in methods] if names else [""] * len(methods))
+    ax.set_ylim(-0.7, len(methods) - 0.3)
     if log:
-        ax.set_yscale("log")
-    if len(splits) > 1:
-        ax.legend(fontsize=8, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    return to_svg(fig, prefix or f"bar-{key}")
+        ax.set_xscale("log")
+    _unit_limits(ax, [*methods, *(r for r in (oracle, target) if r is not None)], key, "x", log=log, scale=scale)
+    ax.grid(axis="x", alpha=0.3, which="both")
+
+
+def ranked(rows_by_split: dict[str, list[dict]], prefix: str = "ranked",
+           metrics: Sequence[tuple[str, str, bool]] = (("forget_quality", "forget quality (KS p, log)", True),
+                                                      ("model_utility", "model utility", False))) -> str | None:
+    """The hero figure: for each split, a dot plot per metric, methods ranked by forget quality (closest to
+    the oracle first) in the same order in every panel, against the oracle's band and the target's line."""
+    panels = {s: rows for s, rows in rows_by_split.items()
+              if any(np.isfinite(_value(r, metrics[0][0])[0]) for r in rows if r["kind"] == "method")}
+    if not panels:
+        return None
+    plt = _plt()
+    last = list(panels.values())[-1]
+    order = [r["model"] for r in _ranked(last, metrics[0][0], True)]
+    order += [m for rows in panels.values() for m in (r["model"] for r in _ranked(rows, metrics[0][0], True))
+              if m not in order]
+    order = list(dict.fromkeys(order))
+    ncols = len(panels) * len(metrics)
+    fig, axes = plt.subplots(1, ncols, figsize=(2.5 * ncols + 1.2, 0.24 * max(len(order), 2) + 1.5), squeeze=False)
+    for i, (split, rows) in enumerate(panels.items()):
+        for j, (key, label, log) in enumerate(metrics):
+            ax = axes[0][i * len(metrics) + j]
+            _dot_panel(ax, rows, key, log, "pvalue" if log else "unit", True, order=order, names=i == j == 0)
+            ax.set_title(f"{split}\n{label}", fontsize=9)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="upper center", ncol=len(handles), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 1.04))
+    fig.tight_layout()
+    return to_svg(fig, prefix)
 
 
 def attack_heatmap(rows_by_split: dict[str, list[dict]], prefix: str = "attacks") -> str | None:

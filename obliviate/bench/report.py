@@ -191,27 +191,101 @@ def write_bench_report(root: Path, out: Path | None = None) -> Path:
             cells.append((cell_text(m, COLUMN[k].log), m["mean"] if m else None))
         rows.append(cells)
         classes.append("anchor" if row["kind"] == "anchor" else "")
-    bars = "".join(figure(plots.metric_bars(by_split, k, board["labels"][k], COLUMN[k].log), f"bar-{k}",
-                          f"{board['labels'][k]}: mean over seeds with its 95% t-interval, per split")
+    dots = "".join(figure(plots.metric_dots(by_split, k, board["labels"][k], COLUMN[k].log, scale=COLUMN[k].scale,
+                                            higher_is_better=COLUMN[k].higher_is_better), f"dots-{k}",
+                          f"{board['labels'][k]}: each method's mean over seeds with its 95% interval over seeds, "
+                          "best first, against the oracle (gold line, its interval shaded) and the target (black "
+                          "dashed line)")
                    for k in keys)
     where = f"world {spec['world']}" if spec.get("world") else f"model {spec.get('model')}"
     subtitle = (f"{root.name}: {len(spec['methods'])} methods × {len(spec['splits'])} splits × "
                 f"{len(spec['seeds'])} seeds on {where}. Intervals: {board['ci']}.")
     sections = [
+        ("verdict", "Verdict", _verdict_section(board)),
+        ("ranked", "Methods against the oracle",
+         figure(plots.ranked(by_split), "ranked",
+                "Each method's forget quality and model utility (mean over seeds, 95% interval over seeds), ranked "
+                "by forget quality, the same order in every panel; gold: the exact-retrain oracle and its interval; "
+                "dashed: the target.")),
         ("tradeoff", "Forget quality × model utility",
          figure(plots.tradeoff(by_split), "tradeoff",
-                "Each method a point (mean over seeds) with 95% t-interval whiskers; the target (×) and the "
-                "exact-retrain oracle (★) are the anchors. Up and right is better. Forget quality is a KS "
-                "p-value on a log scale and is comparable within a split only.")),
+                "Each method a point (mean over seeds) with whiskers at its 95% interval over seeds; "
+                "the target (×, black) and the exact-retrain oracle (★, gold; its utility interval shaded) are "
+                "the anchors. Up and right is better. Forget quality is a KS p-value on a log scale and is "
+                "comparable within a split only.")),
         ("leaderboard", "Leaderboard", table(headers, rows, row_classes=classes)
          + f'<p class="muted">{esc(board["ci"])}. Click a column to sort.</p>'),
-        ("metrics", "Metrics", f'<div class="grid">{bars}</div>' if bars else ""),
+        ("metrics", "Metrics", f'<div class="grid">{dots}</div>' if dots else ""),
+        ("training", "Training curves", _training_section(root)),
         ("attacks", "Attack recovery", _attack_section(by_split, root)),
         ("curves", "Scalability and sustainability", _protocol_section(root)),
         ("cells", "Unfinished cells", _unfinished_section(root)),
         ("provenance", "Command, settings, versions and data", _bench_provenance(root, bench)),
     ]
     return _write(out or root / "report.html", page(f"obliviate bench: {root.name}", subtitle, sections))
+
+
+def _verdict_section(board: dict[str, Any]) -> str:
+    from obliviate.bench.verdict import ALPHA, verdict
+
+    out = ""
+    for split, sentences in verdict(board).items():
+        if sentences:
+            out += f"<h3>{esc(split)}</h3><ul>" + "".join(f"<li>{esc(s)}</li>" for s in sentences) + "</ul>"
+    if out:
+        out += (f'<p class="muted">Computed from the leaderboard below: forget quality is the KS test against the '
+                f"oracle (reached when p ≥ {ALPHA} on every seed); utility is compared with the oracle's 95% "
+                "interval over seeds.</p>")
+    return out
+
+
+def _first_runs(root: Path) -> dict[tuple[str, str], Path]:
+    """(method, split) -> the run directory of its first complete seed."""
+    spec = load_spec(root)
+    out: dict[tuple[str, str], Path] = {}
+    for cell in spec.cells():
+        if cell.is_anchor or (cell.method, cell.split) in out or cell_state(spec, cell, root) != "complete":
+            continue
+        out[(cell.method, cell.split)] = cell.path(root) / "run"
+    return out
+
+
+def _training_section(root: Path) -> str:
+    """Each split's training loss curves, one line per method (its first seed), where the runs logged them."""
+    panels: dict[str, dict[str, Any]] = {}
+    for (method, split), run in _first_runs(root).items():
+        log = run / "train_log.jsonl"
+        if not log.is_file():
+            continue
+        from obliviate.io import read_jsonl
+
+        rows = [r for r in read_jsonl(log) if isinstance(r.get("loss"), int | float)]
+        if len(rows) < 2:
+            continue
+        series = [{"label": "loss", "x": [r["step"] for r in rows], "y": [r["loss"] for r in rows], "style": "-",
+                   "color": plots.METHOD_COLORS[0]}]
+        for j, key in enumerate(k for k in ("forget_nll", "retain_nll", "forget_loss", "retain_loss") if k in rows[0]):
+            series.append({"label": key, "x": [r["step"] for r in rows], "y": [r.get(key) for r in rows],
+                           "style": "--", "color": plots.METHOD_COLORS[1 + j]})
+        panels[f"{method} {split}"] = {"title": f"{method} · {split}", "xlabel": "step", "ylabel": "", "series": series}
+    return figure(plots.curves(list(panels.values()), "training"), "training",
+                  "Each method's training loss and its own logs at every optimiser step (train_log.jsonl of its "
+                  "first seed); each method minimises its own loss, so compare shapes, not levels.")
+
+
+def _resolved_settings(root: Path) -> str:
+    """Each method's resolved config (every field, defaults included), from its first run's config.json."""
+    rows = []
+    for (method, _split), run in _first_runs(root).items():
+        config = run / "config.json"
+        if not config.is_file() or any(r[0] == method for r in rows):
+            continue
+        resolved = read_json(config).get("method_config") or {}
+        rows.append([method, ", ".join(f"{k}={v}" for k, v in resolved.items() if k != "seed")])
+    if not rows:
+        return ""
+    return ("<h3>Resolved method settings</h3>" + table(["method", "settings (seed: the world seed of each cell)"],
+                                                         rows, sortable=False))
 
 
 def _attack_section(by_split: dict[str, list[dict]], root: Path) -> str:
@@ -268,7 +342,8 @@ def _bench_provenance(root: Path, bench: dict[str, Any]) -> str:
         if cell.is_anchor and cell_state(spec, cell, root) == "complete":
             hashes[cell.label] = read_json(cell.path(root) / RESULT).get("data_hashes")
     command = shlex.join(bench.get("command", []))
-    return ("<h3>Command</h3>" + pre(command or "(not recorded)") + "<h3>Settings</h3>" + pre(bench.get("spec"))
+    return ("<h3>Command</h3>" + pre(command or "(not recorded)") + _resolved_settings(root)
+            + "<h3>Bench settings</h3>" + pre(bench.get("spec"))
             + "<h3>Versions</h3>" + pre(bench.get("versions")) + "<h3>Data hashes (per split and seed)</h3>"
             + pre(hashes))
 

@@ -275,11 +275,13 @@ class _Display:
 
     def __init__(self, total: int) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[status]}"), auto_refresh=False,
-                                 console=Console(stderr=True), transient=False)
+        from obliviate.progress import make_progress
+
+        self.progress = make_progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                      TextColumn("{task.fields[status]}"), auto_refresh=False,
+                                      console=Console(stderr=True), transient=False, label="bench")
         self.task = self.progress.add_task("bench", total=total, status="")
         self.last = 0.0
 

@@ -86,6 +86,7 @@ class BenchSpec:
     generate: bool = True  # greedy generation for ROUGE
     keep_models: bool = True  # keep each cell's unlearned weights
     threads: int = 0  # torch threads per cell; 0 = 1 on the built-in world, torch's default otherwise
+    report_to: list[str] = field(default_factory=list)  # experiment trackers (obliviate.tracking); not in results
 
     # -- the grid ------------------------------------------------------------------------------------
     @property
@@ -112,10 +113,9 @@ class BenchSpec:
 
     def method_overrides(self, method: str, seed: int | None) -> list[str]:
         """The method's `--set` pairs, with `seed` set to the cell's seed unless the user set it."""
-        pairs = list(self.overrides.get(method, []))
-        if seed is not None and not any(p.partition("=")[0].strip() == "seed" for p in pairs):
-            pairs.append(f"seed={seed}")
-        return pairs
+        from obliviate.config import with_seed
+
+        return with_seed(self.overrides.get(method, []), seed)
 
     def fingerprint(self, cell: Cell) -> str:
         """Hash of everything that determines the cell's results; a marker with another hash is stale."""

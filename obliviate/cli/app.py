@@ -12,6 +12,47 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Make a language model forget chosen data, and prove that it did.")
 world_app = typer.Typer(no_args_is_help=True, help="The built-in synthetic world.")
 compat_app = typer.Typer(no_args_is_help=True, help="Score other tools' evaluation logs.")
+
+
+def device_line() -> str:
+    """The device a run would use: CUDA (with the GPU's name), MPS or the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"cuda ({torch.cuda.get_device_name(0)}" + (f", {count} devices)" if count > 1 else ")")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def version_text() -> str:
+    """`obliviate --version`: obliviate's version (and commit), torch, transformers and the device."""
+    import torch
+    import transformers
+
+    from obliviate.runs import git_commit
+    from obliviate.version import __version__
+
+    git = git_commit()
+    commit = f" (git {git['commit'][:12]}{', modified' if git['dirty'] else ''})" if git else ""
+    return (f"obliviate {__version__}{commit}\ntorch {torch.__version__}\ntransformers {transformers.__version__}\n"
+            f"device {device_line()}")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="print the versions of obliviate, torch, transformers "
+                                                     "and the device, then exit")] = False) -> None:
+    """Make a language model forget chosen data, and prove that it did."""
+
+
 app.add_typer(world_app, name="world")
 app.add_typer(compat_app, name="compat")
 
@@ -21,6 +62,9 @@ if not console.is_terminal:
 err_console = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of a table")]
+ReportToOpt = Annotated[str | None, typer.Option(
+    "--report-to", metavar="TRACKERS", help="log losses, the method's logs, the config and the final metrics to "
+    "experiment trackers: tensorboard, wandb, mlflow (comma-separated)")]
 
 # How questions become prompts (obliviate.models.prompts); a run records its format, eval and attack reuse it.
 PromptOpt = Annotated[str | None, typer.Option(

@@ -16,6 +16,7 @@ from obliviate.cli.app import (
     JsonOpt,
     MaxNewTokensOpt,
     PromptOpt,
+    ReportToOpt,
     SystemPromptOpt,
     app,
     console,
@@ -57,6 +58,7 @@ def unlearn(
     defaults: Annotated[str, typer.Option(help="method defaults: paper (7B-scale, the paper's code), world (tuned "
                                                "on the built-in world) or auto (world for world: models)")] = "auto",
     as_json: JsonOpt = False,
+    report_to: ReportToOpt = None,
 ) -> None:
     """Unlearn a forget set from a model; writes a run directory."""
     from accelerate import PartialState
@@ -67,7 +69,8 @@ def unlearn(
     summary = run_unlearn(method, model, data, out=out, forget=forget, retain=retain, split=split, lora=lora,
                           overrides=set_, config=config, mapping=map_, strict=strict, resume=resume, merge=merge,
                           ref=ref, prompt=fmt, device=device, dtype=dtype, defaults=defaults, progress=not as_json,
-                          log=warn, info=None if as_json else _info).summary
+                          log=warn, info=None if as_json else _info,
+                          report_to=report_to).summary
     if not PartialState().is_main_process:
         return
     if as_json:
@@ -147,6 +150,7 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
+    report_to: ReportToOpt = None,
 ) -> None:
     """Evaluate a model or run with the qa suite (TOFU-style), against an oracle when one is given.
 
@@ -184,7 +188,8 @@ def eval_cmd(
     result = evaluate(target, forget=forget, retain=retain, utility=utility, holdout=holdout, oracle=oracle,
                       world=world, split=split, out=out, mapping=map_, generate=not no_generate, data=data,
                       legacy=legacy_subset, prompt=prompt_format(prompt, system_prompt, chat_kwargs, max_new_tokens),
-                      batch_size=batch_size, device=device, dtype=dtype, preset=preset, progress=not as_json)
+                      batch_size=batch_size, device=device, dtype=dtype, preset=preset, progress=not as_json,
+                      report_to=report_to)
     if as_json:
         return print_json(result.payload)
     console.print(side_by_side({Path(target).name or target: result.aggregates}, "qa suite"))
@@ -206,12 +211,13 @@ def demo(
     method: Annotated[str, typer.Option(help="unlearning method")] = "graddiff",
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
     as_json: JsonOpt = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a method config key: key=value")] = None,
 ) -> None:
     """Unlearn forget10 from the built-in world's model and compare it with the exact-retrain oracle."""
     from obliviate.api import demo as run_demo
 
     story = run_demo(preset, seed, split, method, out, progress=not as_json,
-                     log=None if as_json else console.print)
+                     log=None if as_json else console.print, overrides=set_)
     if as_json:
         return print_json(story)
     console.print(side_by_side(story["models"], f"world:{preset}@{seed} {split} — {method} vs target vs oracle"))

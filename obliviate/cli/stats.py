@@ -95,18 +95,21 @@ def seeds_table(summary: dict[str, Any]) -> Table:
     labels = dict(HEADLINE)
     metrics = summary["metrics"]
     title = f"{summary['n_runs']} runs: " + ", ".join(summary["runs"])
-    table = Table("metric", "mean ± sd", "per run", title=title)
+    table = Table("metric", "mean [95% CI]", "sd", "per run", title=title)
     for key, label in labels.items():
         m = metrics.get(key)
         if m is None:
             continue
         arrow = {True: " ↑", False: " ↓"}.get(m.get("higher_is_better"), "")
-        sd = "" if math.isnan(m["sd"]) else f" ± {fmt(m['sd'])}"
-        table.add_row(label + arrow, fmt(m["mean"]) + sd, ", ".join(fmt(v) for v in m["values"]))
+        sd = "—" if m["sd"] is None or math.isnan(m["sd"]) else fmt(m["sd"])
+        table.add_row(label + arrow, fmt(m["mean"]) + _ci(m.get("ci_low"), m.get("ci_high")), sd,
+                      ", ".join(fmt(v) for v in m["values"]))
+    caption = summary.get("ci", "")
     if "forget_quality/n" in metrics:
         n = metrics["forget_quality/n"]
-        table.caption = (f"forget quality n (forget items) per run: {n['values']}, "
-                         f"oracle n: {n['n_oracle']}; p-values compare only at equal n (docs/statistics.md)")
+        caption += (f"\nforget quality n (forget items) per run: {n['values']}, "
+                    f"oracle n: {n['n_oracle']}; p-values compare only at equal n (docs/statistics.md)")
+    table.caption = caption.strip()
     return table
 
 
@@ -123,13 +126,16 @@ def seeds(
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option(help="directory for the runs and seeds.json")] = None,
     no_generate: NoGenerate = False,
+    max_retain: Annotated[int | None, typer.Option(help="evaluate on a seeded subset of this many retain items "
+                                                   "(as bench --max-retain)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Mean ± sd over world seeds: run N seeds (--model world:PRESET), or aggregate evaluated RUNS."""
+    """Mean and 95% interval over world seeds: run N seeds (--model world:PRESET), or aggregate evaluated RUNS."""
     from obliviate.api import seeds as run_seeds
 
     summary = run_seeds(model, runs=runs, method=method, n=n, split=split, overrides=set_ or [], out=out,
-                        generate=not no_generate, progress=not as_json, log=None if as_json else console.print)
+                        generate=not no_generate, progress=not as_json, log=None if as_json else console.print,
+                        max_retain=max_retain)
     if as_json:
         return print_json(summary)
     console.print(seeds_table(summary))

@@ -26,7 +26,8 @@ computed here, so saved per-item values of an oracle can stand in for the oracle
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,10 +115,13 @@ def score_set(
     batch_size: int = 32,
     generate: bool = True,
     max_new_tokens: int | None = None,
+    tracker: EvalProgress | None = None,
 ) -> SetScores:
     """Score one set: all the per-item arrays the aggregates are computed from."""
     need_stats = role in ("forget", "holdout")
-    scored = score_qa(model, tokenizer, items, fmt=fmt, batch_size=batch_size, token_stats=need_stats)
+    tracker = tracker or EvalProgress("", [], False, enabled=False)
+    with tracker.phase(name, "scoring", len(items)):
+        scored = score_qa(model, tokenizer, items, fmt=fmt, batch_size=batch_size, token_stats=need_stats)
     nll = np.array([s["answer"].mean_nll for s in scored])
     if role == "utility":
         pert_nll = [[p.mean_nll for p in s["perturbed_answers"]] for s in scored]
@@ -131,10 +135,11 @@ def score_set(
     truth_score = M.forget_truth_values(ratio) if role == "forget" else M.retain_truth_values(ratio)
     out = SetScores(name, role, [it.subject for it in items], prob, ratio, truth_score, mean_nll=nll)
     if generate and role != "holdout":
-        out.generations = generate_answers(
-            model, tokenizer, [it.question for it in items], fmt=fmt, max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-        )
+        with tracker.phase(name, "generation", len(items)):
+            out.generations = generate_answers(
+                model, tokenizer, [it.question for it in items], fmt=fmt, max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+            )
         out.rouge = M.rouge_l([it.answer for it in items], out.generations)["recall"]
     if role == "forget":
         matches = [s["answer"].argmax_match for s in scored]
@@ -248,19 +253,61 @@ def run_qa_suite(
     batch_size: int = 32,
     generate: bool = True,
     max_new_tokens: int | None = None,
+    progress: bool = False,
+    name: str = "eval",
 ) -> QAResult:
     """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios.
 
-    The prompt format and the generation budget are the tokenizer's (`format_of`) unless given.
+    The prompt format and the generation budget are the tokenizer's (`format_of`) unless given. With
+    `progress`, a display per set and phase (scoring, generation), headed by `name` (the model or run).
     """
-    kwargs = dict(fmt=fmt, batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens)
-    sets = [score_set(model, tokenizer, forget, "forget", "forget", **kwargs),
-            score_set(model, tokenizer, retain, "retain", "retain", **kwargs)]
-    for name, items in (utility or {}).items():
-        sets.append(score_set(model, tokenizer, items, name, "utility", **kwargs))
+    plan = [(forget, "forget", "forget"), (retain, "retain", "retain"),
+            *((items, set_name, "utility") for set_name, items in (utility or {}).items())]
     if holdout:
-        sets.append(score_set(model, tokenizer, holdout, "holdout", "holdout", **kwargs))
+        plan.append((holdout, "holdout", "holdout"))
+    sizes = [(set_name, role, len(items)) for items, set_name, role in plan]
+    with EvalProgress(name, sizes, generate, enabled=progress) as tracker:
+        kwargs = dict(fmt=fmt, batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens,
+                      tracker=tracker)
+        sets = [score_set(model, tokenizer, items, set_name, role, **kwargs) for items, set_name, role in plan]
     return QAResult(aggregate(sets, oracle_forget_tr), sets)
+
+
+class EvalProgress:
+    """One bar over an evaluation: items scored and generated, set by set, described as `NAME · SET · PHASE`."""
+
+    def __init__(self, name: str, sizes: Sequence[tuple[str, str, int]], generate: bool, enabled: bool = True) -> None:
+        total = sum(n for _, _, n in sizes) + (sum(n for _, role, n in sizes if role != "holdout") if generate else 0)
+        self.name, self.enabled = name, enabled and total > 0
+        self.bar: Any = None
+        self.total = total
+
+    def __enter__(self) -> EvalProgress:
+        if self.enabled:
+            from rich.markup import escape
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+            from obliviate.progress import make_progress
+
+            self._escape = escape
+            self.bar = make_progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("items"), TimeElapsedColumn(), transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task(escape(self.name), total=self.total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    @contextlib.contextmanager
+    def phase(self, set_name: str, phase: str, n_items: int) -> Iterator[None]:
+        """Show `NAME · SET · PHASE (N items)` while the block runs, then count its items as done."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=self._escape(f"{self.name} · {set_name} · {phase} ({n_items})"))
+        yield
+        if self.bar is not None:
+            self.bar.advance(self.task, n_items)
 
 
 def oracle_truth_ratios_from_items(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:

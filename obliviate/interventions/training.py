@@ -18,10 +18,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_scheduler
 
+from obliviate import tracking
 from obliviate.io import atomic_open, read_json, write_json
+from obliviate.progress import make_progress
 from obliviate.train.loop import CHECKPOINT, DivergenceError
 
 StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -74,9 +77,10 @@ def train_parameters(params: Sequence[torch.Tensor], n_examples: int, step_fn: S
     if not resume and log_path.exists():
         log_path.unlink()
     step, last, t0 = 0, {}, time.perf_counter()
-    bar = Progress(TextColumn(f"[bold]{name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                   TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   disable=not progress)
+    who = f"{out_dir.name} · {name}"  # the run's name on the bar
+    bar = make_progress(TextColumn(f"[bold]{escape(who)}[/]"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} steps"), TextColumn("{task.fields[loss]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, label=who)
     with bar:
         task = bar.add_task("train", total=total, completed=start, loss="")
         while step < total:
@@ -100,6 +104,7 @@ def train_parameters(params: Sequence[torch.Tensor], n_examples: int, step_fn: S
                 last = {"step": step, "loss": float(loss.detach()), **logs}
                 with open(log_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(last) + "\n")
+                tracking.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step)
                 bar.update(task, completed=step, loss=f"loss {last['loss']:.3f}")
                 if cfg.save_every and step % cfg.save_every == 0 and step < total:
                     _save(out_dir, params, optimizer, scheduler, step)

@@ -9,6 +9,7 @@ token, so batched scoring and generation never have to special-case it. Remote c
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from obliviate.errors import ConfigError, ObliviateError
+from obliviate.io import dir_mode
 
 _DTYPES = {
     "float32": torch.float32,
@@ -159,6 +161,25 @@ def load_model(
     return model, tokenizer
 
 
+_HUB_CACHE = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/[^/]+/?$")
+
+
+def hub_name(spec: str | Path, loaded_from: str | Path | None = None) -> str:
+    """The name to record for a base model: the hub name when it came from the hub, else the local path.
+
+    `spec` is what the user named; `loaded_from` is the model's `name_or_path` after loading, which for
+    a hub model may be its snapshot in the local cache (`.../models--ORG--NAME/snapshots/SHA`).
+    """
+    for text in (str(loaded_from or ""), str(spec)):
+        match = _HUB_CACHE.search(text.replace("\\", "/"))
+        if match:
+            return f"{match['org']}/{match['name']}"
+    name = str(spec)
+    if not Path(name).expanduser().exists() and not _looks_local(name) and ":" not in name:
+        return name  # a hub name, as the user gave it
+    return str(loaded_from or spec)
+
+
 def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     """Save weights (safetensors), config and tokenizer so that `load_model(out_dir)` restores them.
 
@@ -169,6 +190,7 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would hide the weights from the rest of a shared group
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -53,3 +53,27 @@ def apply_lora(model, spec: LoraSpec):
 
 def is_peft_model(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def save_adapter(model, tokenizer, out_dir, base_model: str) -> None:
+    """Save the LoRA adapter and tokenizer to `out_dir`, its adapter_config.json naming `base_model`.
+
+    peft records the base model's `name_or_path`, which is a local cache path for a model fetched from
+    the hub; `base_model` (the hub name, when the model came from the hub) is recorded instead, so the
+    adapter loads on another machine.
+    """
+    import json
+    from pathlib import Path
+
+    from obliviate.io import atomic_open
+
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    config_path = out / "adapter_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = base_model
+        with atomic_open(config_path) as handle:
+            json.dump(config, handle, indent=2)
+            handle.write("\n")

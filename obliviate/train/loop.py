@@ -19,11 +19,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_scheduler
 
+from obliviate import tracking
 from obliviate.errors import ObliviateError
 from obliviate.io import atomic_open, read_json, write_json
+from obliviate.progress import make_progress
 from obliviate.train.data import encode_items, forget_retain_batches
 from obliviate.train.precision import master_weights
 
@@ -128,10 +131,11 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
     if main and not resume and log_path.exists():
         log_path.unlink()
     step, micro, t0, last, first_retain = start_step, 0, time.perf_counter(), {}, None
-    bar = Progress(
-        TextColumn(f"[bold]{method.name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+    who = f"{out_dir.name} · {method.name}"  # the run's name on the bar
+    bar = make_progress(
+        TextColumn(f"[bold]{escape(who)}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
         TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not (progress and main),
+        disable=not (progress and main), label=who,
     )
     with bar:
         task = bar.add_task("train", total=total_steps, completed=start_step, loss="")
@@ -166,6 +170,7 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
                 if main:
                     with open(log_path, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(last) + "\n")
+                    tracking.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step)
                 bar.update(task, completed=step, loss=f"loss {last['loss']:.3f}")
                 if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                     if main:

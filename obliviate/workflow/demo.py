@@ -15,7 +15,7 @@ from obliviate.workflow.unlearning import run_unlearn
 
 def run_demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: str = "graddiff",
              out: Path = Path("runs/demo"), progress: bool = True,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Unlearn `split` from the world's target with `method`, evaluate target, run and oracle alike.
 
     Returns {"run", "seconds", "models": {column: aggregates}} with the columns target, METHOD and
@@ -29,18 +29,19 @@ def run_demo(preset: str = "small", seed: int = 0, split: str = "forget10", meth
         log(f"[bold]1/3[/] world '{preset}' (seed {seed}): target and exact-retrain oracle")
     models = world_models(ref, which=("target", "oracle"), progress=progress)
     sets = world_eval_sets(ref)
-    oracle_eval = cached_world_eval(ref, "oracle", models.oracle, sets)
+    oracle_eval = cached_world_eval(ref, "oracle", models.oracle, sets, progress=progress)
     oracle_tr = oracle_eval["_forget_truth_ratios"]
-    target_eval = cached_world_eval(ref, "target", models.target, sets, oracle_tr)
+    target_eval = cached_world_eval(ref, "target", models.target, sets, oracle_tr, progress=progress)
     if log:
         log(f"[bold]2/3[/] unlearning {split} with {method}")
     if out.exists():
         shutil.rmtree(out)
-    run_unlearn(method, f"world:{preset}@{seed}", out, split=split, progress=progress)
+    run_unlearn(method, f"world:{preset}@{seed}", out, split=split, overrides=overrides, progress=progress)
     if log:
         log("[bold]3/3[/] evaluating against the oracle")
     model, tok = load_run_model(out)
-    unlearned = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, config={"target": str(out)})
+    unlearned = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, config={"target": str(out)},
+                         progress=progress, name=out.name)
     columns = {"target": target_eval["aggregates"], method: unlearned["aggregates"],
                "oracle (retrain)": oracle_eval["aggregates"]}
     return {"run": str(out), "seconds": time.perf_counter() - t0, "models": columns}

@@ -36,12 +36,13 @@ class EvalSets:
         return out
 
 
-def world_eval_sets(ref: WorldRef) -> EvalSets:
+def world_eval_sets(ref: WorldRef, max_retain: int | None = None) -> EvalSets:
+    """The world's evaluation sets; `max_retain` keeps a seeded subset of the retain set (as `bench --max-retain`)."""
     from obliviate.world import get_world
 
     world = get_world(ref.preset, ref.seed)
-    return EvalSets(world.forget_set(ref.split), world.retain_set(ref.split), world.utility_sets(),
-                    world.holdout_set())
+    return EvalSets(world.forget_set(ref.split), world.retain_set(ref.split, max_items=max_retain),
+                    world.utility_sets(), world.holdout_set())
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
@@ -63,11 +64,14 @@ def evaluate(
     config: dict[str, Any] | None = None,
     preset: str | None = None,
     ou_ref_auc: float | None = None,
+    progress: bool = False,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Run the qa suite; write results.json and items.jsonl into `out_dir` (atomically).
 
     With `preset="open-unlearning"` the payload also holds open-unlearning's seven headline keys
-    ("open_unlearning"; privleak against `ou_ref_auc`, the oracle's Min-K AUC).
+    ("open_unlearning"; privleak against `ou_ref_auc`, the oracle's Min-K AUC). With `progress`, a
+    display per set and phase, headed by `name` (the model or run; default: `out_dir`'s name).
     """
     from obliviate.evals import open_unlearning as ou
     from obliviate.evals.qa import run_qa_suite
@@ -75,7 +79,8 @@ def evaluate(
 
     t0 = time.perf_counter()
     result = run_qa_suite(model, tokenizer, sets.forget, sets.retain, sets.utility, sets.holdout,
-                          oracle_forget_tr=oracle_forget_tr, batch_size=batch_size, generate=generate)
+                          oracle_forget_tr=oracle_forget_tr, batch_size=batch_size, generate=generate,
+                          progress=progress, name=name or (Path(out_dir).name if out_dir is not None else "eval"))
     payload = {"suite": "qa", "aggregates": result.aggregates, "eval_seconds": time.perf_counter() - t0,
                "data_hashes": sets.hashes(), "versions": versions(), **(config or {})}
     if preset == ou.PRESET:
@@ -90,7 +95,8 @@ def evaluate(
     return payload
 
 
-def cached_world_eval(ref: WorldRef, role: str, model_dir: Path, sets: EvalSets, oracle_tr=None) -> dict[str, Any]:
+def cached_world_eval(ref: WorldRef, role: str, model_dir: Path, sets: EvalSets, oracle_tr=None,
+                      progress: bool = False) -> dict[str, Any]:
     """Evaluate a world model (target/oracle) once and cache results next to the world cache."""
     from obliviate.models.loading import load_model
 
@@ -103,7 +109,8 @@ def cached_world_eval(ref: WorldRef, role: str, model_dir: Path, sets: EvalSets,
         payload["_forget_truth_ratios"] = np.array([r["truth_ratio"] for r in rows if r["set"] == "forget"])
         return payload
     model, tok = load_model(model_dir)
-    return evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, config={"role": role})
+    return evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, config={"role": role}, progress=progress,
+                    name=f"{ref.preset}@{ref.seed} {role}")
 
 
 def oracle_truth_ratios(spec: str | Path) -> np.ndarray:
@@ -149,11 +156,12 @@ def resolve_oracle(oracle: str | None, ref: WorldRef | None, sets: EvalSets, wor
         if Path(oracle).is_dir() and (Path(oracle) / "items.jsonl").exists():
             return oracle_truth_ratios(oracle), oracle_ou_auc(oracle)
         omodel, otok, _ = load_model_spec(oracle, split, progress=False, fmt=fmt)
-        payload = evaluate(omodel, otok, sets, None, generate=False)
+        payload = evaluate(omodel, otok, sets, None, generate=False, progress=progress,
+                           name=f"oracle {Path(oracle).name or oracle}")
         return payload["_forget_truth_ratios"], payload["_ou_min_k_auc"]
     if ref is not None and world_sets:
         models = world_models(ref, which=("target", "oracle"), progress=progress)
-        return cached_world_eval(ref, "oracle", models.oracle, sets)["_forget_truth_ratios"], None
+        return cached_world_eval(ref, "oracle", models.oracle, sets, progress=progress)["_forget_truth_ratios"], None
     return None, None
 
 
@@ -224,7 +232,8 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
                                            progress=progress, fmt=fmt)
     payload = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, generate=generate, batch_size=batch_size,
                        config={"target": target, "oracle": oracle, "data": str(spec) if spec else None,
-                               "prompt_format": fmt.state()}, preset=preset, ou_ref_auc=oracle_auc)
+                               "prompt_format": fmt.state()}, preset=preset, ou_ref_auc=oracle_auc,
+                       progress=progress, name=Path(target).name or str(target))
     payload.pop("_forget_truth_ratios")
     payload.pop("_ou_min_k_auc")
     return payload

@@ -89,15 +89,15 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     from obliviate.data import data_hash
     from obliviate.methods import get_method
     from obliviate.methods.defaults import default_values, describe_defaults, differences_from_paper, resolve_mode
-    from obliviate.models.loading import save_model
-    from obliviate.models.lora import apply_lora, parse_lora
+    from obliviate.models.loading import hub_name, save_model
+    from obliviate.models.lora import apply_lora, parse_lora, save_adapter
     from obliviate.runs import write_artifact, write_config, write_intervention_artifact
 
     out = Path(out)
     cls = get_method(method)
     mode = resolve_mode(defaults, model_spec)
     values = default_values(cls, mode)
-    values.update(read_config_file(config_file) if config_file else {})
+    values.update(read_config_file(config_file, method) if config_file else {})
     values.update(parse_overrides(overrides or []))
     config = build_config(cls.Config, values, source=str(config_file) if config_file and not overrides else "--set")
     if info is not None:
@@ -126,6 +126,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
 
     fmt = format_of(tok)
     base_path = _resolvable(getattr(model, "name_or_path", None) or model.config._name_or_path)
+    base_name = hub_name(model_spec, base_path)  # a hub model is recorded by its hub name, not a cache path
     if lora_spec is not None:
         model = apply_lora(model, lora_spec)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,11 +139,10 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     if not PartialState().is_main_process:
         return summary  # under `accelerate launch`, the main process writes the run
     if inference_time:  # unlearn() saved out/intervention; the run points at the untouched base model
-        write_intervention_artifact(out, str(base_path), method, summary["intervention"])
+        write_intervention_artifact(out, base_name, method, summary["intervention"])
     elif lora_spec is not None and not merge:
-        model.save_pretrained(out / "adapter")
-        tok.save_pretrained(out / "adapter")
-        write_artifact(out, "adapter", path="adapter", base_model=str(base_path), method=method)
+        save_adapter(model, tok, out / "adapter", base_name)
+        write_artifact(out, "adapter", path="adapter", base_model=base_name, method=method)
     else:
         if lora_spec is not None:
             model = model.merge_and_unload()
@@ -153,6 +153,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
                        "lora": lora, "merged": merge, "prompt_format": fmt.state(),
                        "data": specs.record(spec) if spec is not None else None,
                        "defaults": mode, "differs_from_paper": differences_from_paper(cls, config),
+                       "split": split, "mapping": list(mapping or []), "strict": strict, "base_model": base_name,
                        "data_hashes": {"forget": data_hash(forget_items), "retain": data_hash(retain_items)},
                        "unlearn": summary})
     if isinstance(summary.get("classifier"), dict):  # eco, guard and gated prefix methods

@@ -51,6 +51,7 @@ from transformers import (
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from obliviate.models.prompts import encode_pair
+from obliviate.progress import PlainProgress, make_progress
 from obliviate.train.data import IGNORE, Encoded, collate
 from obliviate.world.config import MOE, TrainRecipe, check_arch
 from obliviate.world.generator import World
@@ -201,10 +202,10 @@ def make_optimizer(model: PreTrainedModel, recipe: TrainRecipe) -> torch.optim.A
     return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.98), eps=1e-8)
 
 
-def _progress_bar(enabled: bool) -> Progress:
+def _progress_bar(enabled: bool) -> Progress | PlainProgress:
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
-    return Progress(*columns, disable=not enabled, transient=True)
+    return make_progress(*columns, disable=not enabled, transient=True)
 
 
 def train_model(
