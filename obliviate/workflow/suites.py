@@ -147,6 +147,22 @@ def evaluate_labels_target(target: str, world: str | None = None, oracle: str | 
 
 # -- lm-evaluation-harness -----------------------------------------------------------------------------
 
+def evaluate_wmdp_target(target: str, data: str, limit: int | None = None, split: str = "forget10",
+                         out: Path | None = None, progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """WMDP-Bio, WMDP-Cyber and the MMLU subsets on `target` (`evals/wmdp.py`): the harness's tasks from
+    the hub for `wmdp`, the same tasks over a local copy for `wmdp@PATH`."""
+    from obliviate.evals.wmdp import HUB_TASKS, local_tasks
+    from obliviate.workflow.data import parse_data_spec, source
+
+    spec = parse_data_spec(data)
+    where = _out_dir(target, out)
+    if spec.path:
+        names, include = local_tasks(source(spec), where)
+    else:
+        names, include = HUB_TASKS, None
+    return evaluate_lm_eval_target(target, ",".join(names), limit, include, None, split, where, progress)
+
+
 def evaluate_lm_eval_target(target: str, tasks: str, limit: int | None = None, include: Path | None = None,
                             fewshot: int | None = None, split: str = "forget10", out: Path | None = None,
                             progress: bool = True, unused: dict[str, Any] | None = None
