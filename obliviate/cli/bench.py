@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from obliviate.cli.app import JsonOpt, app, console, print_json
+from obliviate.cli.app import DataOpt, JsonOpt, app, console, print_json
 from obliviate.errors import ConfigError
 
 
@@ -45,6 +45,7 @@ def bench(
     redo_stale: Annotated[bool, typer.Option("--redo-stale", help="redo finished cells made with other "
                                                                   "settings (else the bench stops)")] = False,
     report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
+    data: DataOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run methods × forget splits × seeds, each unlearned, evaluated against the oracle (and attacked).
@@ -58,7 +59,7 @@ def bench(
                       retain=retain, oracle=oracle, holdout=holdout, utility=dict(_name_path(u) for u in utility or []),
                       overrides=set_ or [], jobs=jobs, threads=threads, max_retain=max_retain,
                       generate=not no_generate, keep_models=not drop_models, redo_stale=redo_stale, report=report,
-                      progress=not as_json and console.is_terminal, log=None if as_json else console.print)
+                      progress=not as_json and console.is_terminal, log=None if as_json else console.print, data=data)
     if as_json:
         print_json({"out": str(out), "cells": board.total, "kept": board.kept, "ran": board.ran,
                     "failed": board.failed, "seconds": board.seconds,

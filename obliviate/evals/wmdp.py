@@ -10,19 +10,32 @@ for the whole of MMLU). Zero-shot, each question is scored as
 
 with the four letters as the choices; accuracy is the share of questions whose right letter is the
 most likely (random chance: 0.25). For a local copy, `local_tasks` writes the same tasks as YAML
-files over the local question files (names prefixed `obliviate_`).
+files over the local question files (names prefixed `obliviate_`); a local copy holding only the
+corpora is evaluated with the hub's tasks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from obliviate.data.adapters.wmdp import wmdp_mc_files
+from obliviate.data.adapters.wmdp import MC_SETS, SUFFIXES, wmdp_mc_files
 
 HUB_TASKS = ["wmdp_bio", "wmdp_cyber", "mmlu_college_biology", "mmlu_virology", "mmlu_college_computer_science",
              "mmlu_computer_security"]
 PROMPT = "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:"
 TOPICS = {"wmdp_bio": "biology", "wmdp_cyber": "computer security"}
+
+
+def has_local_questions(path: str | Path) -> bool:
+    """Whether the local copy `path` holds WMDP's question files (else its corpora only: the hub's tasks run)."""
+    return any((Path(path) / f"{stem}{suffix}").is_file() for stem in MC_SETS.values() for suffix in SUFFIXES)
+
+
+def tasks_for(path: str | Path | None, out_dir: Path) -> tuple[list[str], Path | None]:
+    """(task names, include directory or None): the local copy's questions, else the harness's hub tasks."""
+    if path is not None and has_local_questions(path):
+        return local_tasks(path, out_dir)
+    return HUB_TASKS, None
 
 
 def local_tasks(path: str | Path, out_dir: Path) -> tuple[list[str], Path]:

@@ -109,7 +109,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     """
     from obliviate.config import build_config, parse_overrides, read_config_file
     from obliviate.data import data_hash
-    from obliviate.methods import get_method
+    from obliviate.methods import FinetuneMethod, get_method
     from obliviate.methods.defaults import default_values, describe_defaults, differences_from_paper, resolve_mode
     from obliviate.models.loading import save_model
     from obliviate.models.lora import apply_lora, parse_lora
@@ -144,6 +144,11 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     check_item_kinds(cls, forget_items, forget or (str(spec) if spec else "the forget set"), config)
     check_item_kinds(cls, retain_items, retain or (str(spec) if spec else "the retain set"), config)
     hashes = {"forget": data_hash(forget_items), "retain": data_hash(retain_items)}  # of the data as given
+    instance = cls(config)
+    if isinstance(instance, FinetuneMethod) and instance.uses_retain and not retain_items:
+        given = f"{spec} has no retain set" if spec is not None else "no --retain set is given"
+        raise ObliviateError(f"{method} trains on a retain set too, and {given}: give one, or turn its retain "
+                             "term off (e.g. --set retain_loss=none), or use a forget-only method such as ga")
     lora_spec = parse_lora(lora) if lora else None
     inference_time = getattr(cls, "produces", "weights") == "intervention"
     if inference_time and lora_spec is not None:
@@ -158,7 +163,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     forget_items, retain_items, chunks = chunk_train_sets(tok, forget_items, retain_items, config)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    summary = cls(config).unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
+    summary = instance.unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
     seconds = time.perf_counter() - t0
     summary = {**summary, "seconds": seconds, "peak_memory_mb": peak_memory_mb()}
     if chunks:
