@@ -134,3 +134,19 @@ def test_npo_unlearns_the_worlds_biographies(tmp_path, tiny_tokenizer):
         model, tiny_tokenizer, forget, retain, tmp_path / "run", progress=False)
     assert summary["steps"] == 2 and summary["final"]["loss"] == summary["final"]["loss"]
     assert any((a != b).any() for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", [name for name, cls in METHODS.items() if cls.accepts_text])
+def test_every_method_that_takes_text_trains_on_passages(name, tiny_tokenizer, tmp_path):
+    from tests.conftest import make_tiny_mixtral
+
+    cls = get_method(name)
+    fields = cls.Config.model_fields
+    settings = {"max_steps": 1, "batch_size": 2, "epochs": 1, "importance_data": "retain"}  # SSD: D = the retain set
+    config = cls.Config(**{k: v for k, v in settings.items() if k in fields})
+    model = make_tiny_mixtral() if cls.needs_moe else make_tiny_llama()
+    forget = [TextPassage(PASSAGES[0]), TextPassage("Alice and Bob met in London", "Alice and Bob", " met in London")]
+    retain = [TextPassage("one two three four five six seven eight nine ten yes no maybe")]
+    before = [p.detach().clone() for p in model.parameters()]
+    cls(config).unlearn(model, tiny_tokenizer, forget, retain, tmp_path / "run", progress=False)
+    assert any((a != b).any() for a, b in zip(before, model.parameters(), strict=True)), name
