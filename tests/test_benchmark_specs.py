@@ -111,14 +111,18 @@ def test_eval_data_on_a_model_directory(model_dir, tmp_path, monkeypatch, capsys
 
 @pytest.mark.parametrize("name", ["tofu", "muse", "rwku", "wmdp"])
 def test_bench_data_loads_each_benchmark_fixture(name, model_dir, tmp_path, monkeypatch, capsys):
+    generate = [] if name == "muse" else ["--no-generate"]  # MUSE's text suite scores generations
     code, out, err = run_cli(["bench", "--methods", "ga", "--model", str(model_dir), "--data", SPECS[name],
-                              "--seeds", "1", "--out", str(tmp_path / "b"), "--no-generate", "--no-report",
+                              "--seeds", "1", "--out", str(tmp_path / "b"), *generate, "--no-report",
                               "--set", "max_steps=1", "--set", "max_length=48", "--json"], monkeypatch, capsys)
     assert code == 0, (out, err)
     summary = json.loads(out)
     assert summary["failed"] == {} and summary["cells"] == 2
     board = json.loads((tmp_path / "b" / "leaderboard.json").read_text())
     assert {row["model"] for row in board["rows"]} >= {"target", "ga"}
+    expected = {"tofu": "forget_probability", "rwku": "forget_probability", "muse": "verbmem_forget",
+                "wmdp": "wmdp_bio"}
+    assert expected[name] in board["columns"], board["columns"]
 
 
 def _broken(tmp_path: Path, name: str, kind: str) -> str:

@@ -94,7 +94,7 @@ def test_unlearn_npo_on_a_file_of_passages_trains_and_reports_chunks(tmp_path, m
                               "--retain", str(retain), "--out", str(tmp_path / "run"), "--set", "max_steps=2",
                               "--set", "max_length=24", "--set", "batch_size=2"], monkeypatch, capsys)
     assert code == 0, err
-    assert "1 long forget passages split into" in out
+    assert "long forget passages split into chunks" in out and "1 passages into" in out
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     summary = config["unlearn"]
     assert summary["steps"] == 2 and summary["chunks"]["forget"]["passages"] == 1

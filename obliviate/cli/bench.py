@@ -81,8 +81,9 @@ def _print_summary(outcome) -> None:
     from obliviate.bench.leaderboard import COLUMN, cell_text
 
     board = outcome.leaderboard
-    keys = [k for k in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "privleak", "robustness",
-                        "unlearn_seconds") if k in board["columns"]]
+    keys = [k for k in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "privleak", "verbmem_forget",
+                        "knowmem_forget", "knowmem_retain", "wmdp_bio", "wmdp_cyber", "robustness", "unlearn_seconds")
+            if k in board["columns"]]
     table = Table("split", "model", "seeds", *[board["labels"][k] for k in keys], title="leaderboard")
     for row in board["rows"]:
         name = f"[dim]{row['model']}[/]" if row["kind"] == "anchor" else row["model"]

@@ -79,8 +79,8 @@ def unlearn(
         console.print(f"[yellow]note:[/] truncated to max_length: {cut.get('forget', 0)} forget and "
                       f"{cut.get('retain', 0)} retain items")
     for name, counts in summary.get("chunks", {}).items():
-        console.print(f"note: {counts['passages']} long {name} passages split into {counts['chunks']} chunks of "
-                      "at most max_length tokens")
+        console.print(f"note: long {name} passages split into chunks of at most max_length tokens: "
+                      f"{counts['passages']} passages into {counts['chunks']} chunks")
     if isinstance(summary.get("classifier"), dict):
         from obliviate.interventions.classifier import report_table
 

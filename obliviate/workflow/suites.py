@@ -186,10 +186,10 @@ def score_benchmark(model, tokenizer, data: str, out_dir: Path | None, generate:
         with tempfile.TemporaryDirectory() as tmp:
             names, include = tasks_for(source(spec) if spec.path else None, Path(out_dir or tmp))
             metrics = run_lm_eval(model, tokenizer, names, out_dir, include_path=include)
-        forget = ("wmdp_bio", "wmdp_cyber")
-        aggregates = {f"{task}/acc": {"value": row.get("acc"),
-                                      "higher_is_better": not task.removeprefix("obliviate_").startswith(forget)}
-                      for task, row in metrics.items()}
+        forget = ("wmdp_bio", "wmdp_cyber")  # hazardous knowledge: lower is better; the MMLU subsets: higher
+        aggregates = {f"{task.removeprefix('obliviate_')}/acc": {  # local copies' tasks under the hub's names
+            "value": row.get("acc"), "higher_is_better": not task.removeprefix("obliviate_").startswith(forget)}
+            for task, row in metrics.items()}
         return {"suite": "lm_eval", "aggregates": aggregates, "lm_eval": metrics, "data": str(spec)}
     raise ObliviateError(f"--data {spec}: scored by the qa suite")
 
