@@ -191,3 +191,13 @@ def test_the_python_api_evaluates_a_benchmark_with_its_own_suite(model_dir, tmp_
     assert text.payload["suite"] == "text" and len(text.items) > 0
     wmdp = ob.evaluate(model_dir, data=SPECS["wmdp"], out=tmp_path / "wmdp")
     assert 0.0 <= wmdp["obliviate_wmdp_cyber/acc"] <= 1.0
+
+
+def test_suite_text_takes_the_muse_spec_too(model_dir, tmp_path, monkeypatch, capsys):
+    code, out, err = run_cli(["eval", str(model_dir), "--suite", "text", "--data", SPECS["muse"], "--no-generate",
+                              "--out", str(tmp_path / "e"), "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["data"] == str((FIXTURES / "muse").resolve())
+    code, _, err = run_cli(["eval", str(model_dir), "--suite", "text", "--data", SPECS["rwku"], "--out",
+                            str(tmp_path / "e")], monkeypatch, capsys)
+    assert_one_line_error(code, err, "not scored by the text suite")

@@ -168,7 +168,7 @@ def eval_cmd(
         return print_json(metrics) if as_json else print_lm_eval(metrics, where)
     if data is not None and forget is not None:
         raise ObliviateError("give --data or --forget/--retain, not both")
-    from obliviate.workflow.data import resolve_spec, source
+    from obliviate.workflow.data import parse_data_spec, resolve_spec, source
 
     bench = resolve_spec(target, data, forget) if suite == "qa" else None
     if bench is not None and bench.suite == "lm_eval":  # wmdp: multiple choice through the harness
@@ -189,6 +189,12 @@ def eval_cmd(
     if suite == "text":  # MUSE-style; --forget names MUSE-format data (see obliviate/cli/text.py)
         from obliviate.cli.text import eval_text
 
+        if data is not None:  # --data muse:news[@DIR] names the same data
+            named = parse_data_spec(data)
+            if named.suite != "text":
+                raise ObliviateError(f"--suite text: --data {data} is not scored by the text suite (its suite: "
+                                     f"{named.suite})")
+            forget = source(named)
         eval_text(target, forget, oracle, split, world, out, not no_generate, as_json,
                   unused={"--retain": retain, "--utility": utility, "--holdout": holdout, "--map": map_})
         return

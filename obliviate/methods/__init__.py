@@ -1,6 +1,11 @@
 """The method table: every unlearning method, by name.
 
 Adding a method: write its file, add one line here, a test, and a row in docs/methods.md.
+
+Each method says which data it trains on: `accepts_text = True` on the class when it also trains on
+text passages (MUSE's and WMDP's corpora: the loss runs on every token, or on the continuation of a
+passage with a prefix), else QA items only; `check_item_kinds` refuses text for the others in one
+line, and `obliviate methods` shows the split in its `data` column.
 """
 
 from __future__ import annotations
