@@ -119,8 +119,8 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     cls = get_method(method)
     mode = resolve_mode(defaults, model_spec)
     values = default_values(cls, mode)
-    values.update(read_config_file(config_file) if config_file else {})
-    values.update(parse_overrides(overrides or []))
+    chosen = {**(read_config_file(config_file) if config_file else {}), **parse_overrides(overrides or [])}
+    values.update(chosen)
     config = build_config(cls.Config, values, source=str(config_file) if config_file and not overrides else "--set")
     if info is not None:
         info(describe_defaults(cls, mode, config))
@@ -147,8 +147,13 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     instance = cls(config)
     if isinstance(instance, FinetuneMethod) and instance.uses_retain and not retain_items:
         given = f"{spec} has no retain set" if spec is not None else "no --retain set is given"
-        raise ObliviateError(f"{method} trains on a retain set too, and {given}: give one, or turn its retain "
-                             "term off (e.g. --set retain_loss=none), or use a forget-only method such as ga")
+        if "retain_loss" not in cls.Config.model_fields or "retain_loss" in chosen:
+            raise ObliviateError(f"{method} trains on a retain set too, and {given}: give one, or use a "
+                                 "forget-only method such as ga")
+        # the paper's forget-only variant (plain NPO, MUSE's `npo`), said in one line
+        config = config.model_copy(update={"retain_loss": "none"})
+        instance = cls(config)
+        log(f"{method}: {given}, so it trains without its retain term (retain_loss=none)")
     lora_spec = parse_lora(lora) if lora else None
     inference_time = getattr(cls, "produces", "weights") == "intervention"
     if inference_time and lora_spec is not None:
