@@ -84,6 +84,8 @@ def source(spec: DataSpec) -> str:
     """Where the benchmark is read from: the local copy (absolute), else its hub name."""
     from obliviate.data.adapters import muse, rwku, tofu, wmdp
 
+    if spec.benchmark == "world":
+        raise ConfigError(f"--data {spec}: the world's data comes with its model")
     if spec.path:
         return str(Path(spec.path).resolve())
     hub = {"tofu": tofu.HUB_NAME, "rwku": rwku.HUB_NAME, "wmdp": wmdp.HUB_NAME}
