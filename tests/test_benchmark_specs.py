@@ -201,3 +201,11 @@ def test_suite_text_takes_the_muse_spec_too(model_dir, tmp_path, monkeypatch, ca
     code, _, err = run_cli(["eval", str(model_dir), "--suite", "text", "--data", SPECS["rwku"], "--out",
                             str(tmp_path / "e")], monkeypatch, capsys)
     assert_one_line_error(code, err, "not scored by the text suite")
+
+
+def test_a_run_unlearned_from_a_text_corpus_can_be_attacked(model_dir, tmp_path):
+    import obliviate as ob
+
+    ob.unlearn("ga", model_dir, data=SPECS["rwku"], out=tmp_path / "run", overrides={"max_steps": 1}, progress=False)
+    report = ob.attack(tmp_path / "run", ["relearn"], overrides={"relearn.steps": 1}, progress=False)
+    assert report.written is not None and report.written.is_file() and "relearn" in report.reports  # on the probes
