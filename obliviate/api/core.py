@@ -64,9 +64,11 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
             report_to: str | Sequence[str] | None = None) -> Run:
     """Unlearn with `method` from `model` into the run directory `out`; returns the Run.
 
-    `data` names a benchmark: `"world:forget10"` (the world's split; the model must be `world:...`) or
-    `"tofu:forget10@DIR"` (TOFU from a local copy, or the hub without `@DIR`); or give `forget=` and
-    `retain=` QA files. `prompt="chat"` (with `system_prompt`, `chat_kwargs`) trains in the tokenizer's
+    `data` names a benchmark: `"world:forget10"` (the world's split; the model must be `world:...`),
+    `"tofu:forget10@DIR"` (TOFU from a local copy, or the hub without `@DIR`), `"muse:news[@DIR]"`,
+    `"rwku[@DIR]"` or `"wmdp@DIR"` (their text corpora; docs/benchmarks.md); or give `forget=` and
+    `retain=` files (QA items, or text passages: a `text` column and no `question`). `prompt="chat"`
+    (with `system_prompt`, `chat_kwargs`) trains in the tokenizer's
     chat template; the run records the format, and evaluating or attacking it reuses it.
     `overrides` set the method's config keys (`obliviate methods NAME`);
     `ref` picks how a reference model is held (adapter, precompute, copy or auto). `defaults` picks the
@@ -174,8 +176,10 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
 
     A run from the built-in world is scored on the world's sets against its exact-retrain oracle; a run
     unlearned with `data=` on that data (`data="tofu:forget10@DIR"` names it for any model, `legacy=True`
-    keeps TOFU's first 300 items); other models need `forget=` and `retain=` files (and `oracle=`, a model
-    or an evaluated directory, for forget quality). Results go to `out`, by default the run directory.
+    keeps TOFU's first 300 items; `"rwku@DIR"` adds RWKU's table; `"muse:news@DIR"` runs the text suite and
+    `"wmdp@DIR"` the WMDP and MMLU multiple-choice tasks); other models need `forget=` and `retain=` files
+    (and `oracle=`, a model or an evaluated directory, for forget quality). Results go to `out`, by default
+    the run directory.
     `preset="open-unlearning"` evaluates in open-unlearning's TOFU protocol (its chat format, system prompt,
     date string and 200-token budget) and adds its seven headline keys (`result.payload["open_unlearning"]`).
     `report_to` logs the aggregates to experiment trackers (`obliviate.tracking`).
@@ -187,7 +191,11 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
     from obliviate.evals import open_unlearning as ou
     from obliviate.runs import is_run_dir
     from obliviate.workflow import evaluate_target
+    from obliviate.workflow.data import resolve_spec
 
+    bench = resolve_spec(_spec(model), data) if forget is None else None
+    if bench is not None and bench.suite != "qa":  # muse: the text suite; wmdp: lm-evaluation-harness
+        return _evaluate_benchmark(_spec(model), bench, oracle, split, out, generate, progress)
     fmt = _format(prompt, system_prompt, chat_kwargs, max_new_tokens)
     if preset is not None:
         if preset != ou.PRESET:
@@ -211,6 +219,24 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
     from obliviate.io import read_jsonl
 
     return EvalResult(payload["aggregates"], Items(read_jsonl(path / "items.jsonl")), path, payload)
+
+
+def _evaluate_benchmark(target: str, bench, oracle, split: str, out, generate: bool, progress: bool) -> EvalResult:
+    """`evaluate(data=...)` for a benchmark its own suite scores: MUSE's text suite, or WMDP's harness tasks."""
+    from obliviate.io import read_jsonl
+    from obliviate.workflow.data import source
+    from obliviate.workflow.suites import evaluate_text_target, evaluate_wmdp_target
+
+    where = None if out is None else Path(out)
+    if bench.suite == "text":
+        payload, _, _ = evaluate_text_target(target, source(bench), None if oracle is None else str(oracle), split,
+                                             out=where, generate=generate, progress=progress)
+        path = where or Path(target)
+        return EvalResult(payload["aggregates"], Items(read_jsonl(path / "text_items.jsonl")), path, payload)
+    metrics, path = evaluate_wmdp_target(target, str(bench), split=split, out=where, progress=progress)
+    aggregates = {f"{task}/{key}": {"value": value} for task, row in metrics.items() for key, value in row.items()
+                  if key != "samples" and "stderr" not in key}
+    return EvalResult(aggregates, Items([]), path, {"suite": "lm_eval", "lm_eval": metrics, "data": str(bench)})
 
 
 def attack(model: str | Path | Run, attacks: Sequence[str] | str = "all", *, oracle: str | Path | None = None,

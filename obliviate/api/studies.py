@@ -22,13 +22,16 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
           overrides: Sequence[str] | Mapping[str, Any] | None = None, jobs: int = 1, threads: int = 0,
           max_retain: int | None = None, generate: bool = True, keep_models: bool = True,
           redo_stale: bool = False, report: bool = True, progress: bool = True,
-          log: Callable[[str], None] | None = None, report_to: str | Sequence[str] | None = None) -> BenchResult:
+          log: Callable[[str], None] | None = None, report_to: str | Sequence[str] | None = None,
+          data: str | None = None) -> BenchResult:
     """Run methods × forget splits × seeds, each unlearned and evaluated against the oracle (and attacked).
 
     Resumable: the same call again keeps finished cells and redoes the rest. On the built-in world,
     `forget` names splits; with `model=` (your own model), it names forget files (PATH or LABEL=PATH).
     `report_to` logs each cell's training and final metrics to experiment trackers, one tracker run per
     cell (`obliviate.tracking`).
+    `data="tofu:forget10@DIR"` (with `model=`) benchmarks on a named benchmark instead: its training
+    sets, its evaluation sets and its own suite (`muse:...` the text suite, `wmdp` lm-evaluation-harness).
 
         board = ob.bench(["ga", "npo"], world="tiny", seeds=2, out="bench/b1")
         board.to_pandas()
@@ -52,6 +55,12 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
         raise ConfigError("--model world:...: use --world PRESET for the built-in world")
     if max_retain is not None and max_retain < 1:
         raise ConfigError("--max-retain must be at least 1")
+    if data is not None:
+        return _bench_data(names, data, out=out, forget=forget, seeds=seeds, attacks=attacks, model=model,
+                           retain=retain, oracle=oracle, holdout=holdout, utility=utility, overrides=overrides,
+                           jobs=jobs, threads=threads, max_retain=max_retain, generate=generate,
+                           keep_models=keep_models, redo_stale=redo_stale, report=report, progress=progress, log=log,
+                           report_to=parse_report_to(report_to))
     user, forget_s = model is not None, _csv(forget)
     spec = BenchSpec(
         methods=names,
@@ -69,6 +78,48 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
     )
     outcome = run_bench(spec, Path(out), jobs=jobs, progress=progress, log=log, report=report,
                         redo_stale=redo_stale)
+    board = BenchResult.load(outcome.root)
+    board.total, board.ran, board.kept, board.failed = outcome.total, outcome.ran, outcome.kept, outcome.failed
+    board.seconds, board.files = outcome.seconds, outcome.files
+    return board
+
+
+def _bench_data(names: list[str], data: str, *, out, forget, seeds, attacks, model, retain, oracle, holdout,
+                utility, overrides, jobs, threads, max_retain, generate, keep_models, redo_stale, report, progress,
+                log, report_to) -> BenchResult:
+    """`bench(data=SPEC)`: one split, the benchmark's, read and checked before any cell runs."""
+    from obliviate.bench.extras import parse_attacks
+    from obliviate.bench.runner import run_bench
+    from obliviate.bench.spec import BenchSpec, parse_seeds, scope_overrides
+    from obliviate.workflow import data as specs
+
+    if model is None:
+        raise ConfigError("--data needs --model: the model to unlearn (world models take --world PRESET)")
+    if retain or holdout or utility or _csv(forget) != "forget10":
+        raise ConfigError("--data names the benchmark's sets: leave out --forget, --retain, --holdout and --utility")
+    spec_d = specs.parse_data_spec(data)
+    if spec_d.benchmark == "world":
+        raise ConfigError(f"--data {data}: for the built-in world use --world PRESET --forget SPLIT")
+    specs.train_sets(spec_d)  # a missing file or column fails here, in one line, before any cell runs
+    if spec_d.suite == "qa":
+        specs.eval_sets(spec_d)
+    elif spec_d.suite == "text":
+        from obliviate.data.adapters.muse import load_muse
+
+        load_muse(specs.source(spec_d))
+    elif spec_d.path:
+        from obliviate.data.adapters.wmdp import wmdp_mc_files
+        from obliviate.evals.wmdp import has_local_questions
+
+        if has_local_questions(specs.source(spec_d)):
+            wmdp_mc_files(specs.source(spec_d))
+    spec = BenchSpec(methods=names, splits=[spec_d.label], seeds=parse_seeds(str(seeds) if isinstance(seeds, int | str)
+                                                                              else _csv(seeds)),
+                     world=None, model=model, oracle=oracle, overrides=scope_overrides(names, _overrides(overrides)),
+                     attacks=parse_attacks(None if attacks is None else _csv(attacks)), max_retain=max_retain,
+                     generate=generate, keep_models=keep_models, threads=threads, data=specs.record(spec_d),
+                     report_to=report_to)
+    outcome = run_bench(spec, Path(out), jobs=jobs, progress=progress, log=log, report=report, redo_stale=redo_stale)
     board = BenchResult.load(outcome.root)
     board.total, board.ran, board.kept, board.failed = outcome.total, outcome.ran, outcome.kept, outcome.failed
     board.seconds, board.files = outcome.seconds, outcome.files

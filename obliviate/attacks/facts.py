@@ -98,7 +98,8 @@ def data_sets(data: str | None = None, forget: str | None = None, retain: str | 
 
         spec = parse_data_spec(data)
         evaluated = eval_sets(spec)
-        return AttackSets(list(evaluated.forget), list(evaluated.retain), train_sets(spec)[0], split=str(spec))
+        train = [it for it in train_sets(spec)[0] if isinstance(it, QAItem)] or None  # text corpora: relearn the facts
+        return AttackSets(list(evaluated.forget), list(evaluated.retain), train, split=str(spec))
     if forget is None:
         raise ObliviateError("no forget facts to attack: pass --forget FILE (and --retain FILE) or --data SPEC")
     from obliviate.data import load_items, parse_mapping

@@ -133,6 +133,11 @@ def eval_sets(spec: BenchSpec, cell: Cell) -> EvalSets:
     """The sets every model of a (split, seed) is evaluated on: the world's, or the user's files."""
     from obliviate.data import load_items
 
+    if spec.data:
+        from obliviate.workflow.data import eval_sets as data_eval_sets
+        from obliviate.workflow.data import parse_data_spec
+
+        return data_eval_sets(parse_data_spec(spec.data))
     if spec.on_world:  # the same sets as `obliviate seeds --max-retain` evaluates on
         from obliviate.workflow import world_eval_sets
 
@@ -156,12 +161,31 @@ def world_ref(spec: BenchSpec, cell: Cell):
 
 def run_anchors(spec: BenchSpec, cell: Cell) -> dict[str, Any]:
     """Target and oracle on the cell's sets: their aggregates, and what method cells need from the oracle."""
+    if _other_suite(spec):
+        return {"target": _benchmark_score(spec, spec.model, None), "oracle": None}
     sets = eval_sets(spec, cell)
     if spec.on_world:
         target, oracle = _world_anchors(spec, cell, sets)
     else:
         target, oracle = _user_anchors(spec, sets)
     return {"target": target, "oracle": oracle, "data_hashes": sets.hashes()}
+
+
+def _other_suite(spec: BenchSpec) -> bool:
+    """Whether the bench's benchmark is scored by a suite other than the qa suite (MUSE, WMDP)."""
+    from obliviate.workflow.data import parse_data_spec
+
+    return bool(spec.data) and parse_data_spec(spec.data).suite != "qa"
+
+
+def _benchmark_score(spec: BenchSpec, model_spec: str, out_dir: Path | None) -> dict[str, Any]:
+    """A model (spec) scored by its benchmark's own suite (`workflow.suites.score_benchmark`)."""
+    from obliviate.workflow import load_model_spec
+    from obliviate.workflow.suites import score_benchmark
+
+    model, tok, _ = load_model_spec(model_spec, progress=False)
+    payload = score_benchmark(model, tok, spec.data, out_dir, generate=spec.generate)
+    return {"aggregates": payload["aggregates"], "eval_seconds": payload.get("eval_seconds")}
 
 
 def _world_anchors(spec: BenchSpec, cell: Cell, sets: EvalSets) -> tuple[dict, dict]:
@@ -234,9 +258,18 @@ def run_method(spec: BenchSpec, cell: Cell, path: Path) -> dict[str, Any]:
     if spec.on_world:
         summary = run_unlearn(cell.method, spec.world_spec(cell.seed), run_dir, split=cell.split,
                               overrides=overrides, progress=True)
+    elif spec.data:
+        summary = run_unlearn(cell.method, spec.model, run_dir, data=spec.data, overrides=overrides, progress=True)
     else:
         summary = run_unlearn(cell.method, spec.model, run_dir, forget=spec.forget_files[cell.split],
                               retain=spec.retain, overrides=overrides, progress=True)
+    if _other_suite(spec):
+        scored = _benchmark_score(spec, str(run_dir), run_dir)
+        result = {**scored, "run": "run",
+                  "unlearn": {k: summary.get(k) for k in ("seconds", "train_seconds", "steps", "peak_memory_mb")}}
+        if not spec.keep_models:
+            _drop_weights(run_dir)
+        return result
     sets = eval_sets(spec, cell)
     oracle = anchors.get("oracle") or {}
     oracle_tr = np.asarray(oracle["forget_truth_ratios"], dtype=float) if "forget_truth_ratios" in oracle else None

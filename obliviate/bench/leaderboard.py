@@ -82,6 +82,12 @@ COLUMNS = [
     Column("forget_probability", "forget probability", False, _agg("forget/probability")),
     Column("mia_auc", "MIA AUC (Min-K%)", None, _agg("mia/min_k_auc")),
     Column("privleak", "PrivLeak", None, _text("privleak"), "privleak"),
+    # benchmarks with their own suite (`bench --data`): MUSE's text suite, WMDP's multiple choice
+    Column("verbmem_forget", "VerbMem forget", False, _agg("verbmem_forget/rouge")),
+    Column("knowmem_forget", "KnowMem forget", False, _agg("knowmem_forget/rouge")),
+    Column("knowmem_retain", "KnowMem retain", True, _agg("knowmem_retain/rouge")),
+    Column("wmdp_bio", "WMDP-Bio accuracy", False, _agg("wmdp_bio/acc")),
+    Column("wmdp_cyber", "WMDP-Cyber accuracy", False, _agg("wmdp_cyber/acc")),
     Column("robustness", "robustness", True, _robustness),
     Column("unlearn_seconds", "unlearn time (s)", False, _unlearn("seconds"), "positive"),
     Column("peak_memory_mb", "peak memory (MB)", False, _unlearn("peak_memory_mb"), "positive"),

@@ -65,6 +65,10 @@ def validate(spec: BenchSpec) -> None:
     if spec.attacks:
         raise ConfigError("--attacks: the attacks take their facts from the built-in world; "
                           "run them in a --world bench")
+    if spec.data is not None:  # the benchmark's files were read when the spec was made (api.studies.bench)
+        if spec.model is None:
+            raise ConfigError("--data needs --model: the model to unlearn")
+        return
     if spec.model is None or spec.retain is None or not spec.forget_files:
         raise ConfigError("a bench on your own model needs --model, --forget and --retain")
     from obliviate.data import load_items

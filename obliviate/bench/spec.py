@@ -4,7 +4,9 @@ A bench is a grid of cells, one per method × forget split × seed. On the built
 is its own world (`world:PRESET@SEED`: other people, other splits, its own target and exact-retrain
 oracle), so the spread over seeds covers data and training noise together; the method's own
 `seed` is set to the cell's seed too, unless `--set seed=...` fixes it. On a user's own data and
-model (`--model`), the seed is the method's seed only.
+model (`--model`), the seed is the method's seed only. With `--data SPEC` (and `--model`) the grid's one
+split is the benchmark's (`tofu:forget10@DIR`, `muse:news@DIR`, `rwku@DIR`, `wmdp@DIR`): cells train on
+its training sets and are scored by its own suite (`workflow/data.py`).
 
 Every (split, seed) also has an *anchors* cell that evaluates the target and the oracle on the
 same sets; its method cells read the oracle's forget truth ratios from it (forget quality), so
@@ -87,6 +89,7 @@ class BenchSpec:
     keep_models: bool = True  # keep each cell's unlearned weights
     threads: int = 0  # torch threads per cell; 0 = 1 on the built-in world, torch's default otherwise
     report_to: list[str] = field(default_factory=list)  # experiment trackers (obliviate.tracking); not in results
+    data: str | None = None  # a data spec (`tofu:forget10@DIR`, `muse:news@DIR`, ...): the benchmark's own sets
 
     # -- the grid ------------------------------------------------------------------------------------
     @property
@@ -124,6 +127,8 @@ class BenchSpec:
                   "utility": {k: _digest(v) for k, v in sorted(self.utility.items())},
                   "forget": _digest(self.forget_files.get(cell.split)), "max_retain": self.max_retain,
                   "generate": self.generate, "cell": asdict(cell)}
+        if self.data:  # only then, so the cells of earlier benches keep their fingerprints
+            common["data"] = self.data
         if not cell.is_anchor:
             common.update(overrides=self.method_overrides(cell.method, cell.seed), attacks=sorted(self.attacks))
         return stable_hash(common)

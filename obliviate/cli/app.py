@@ -76,7 +76,8 @@ ChatKwargsOpt = Annotated[list[str] | None, typer.Option(
 MaxNewTokensOpt = Annotated[int | None, typer.Option(
     "--max-new-tokens", help="generation budget (default: 32 plain, 200 chat as TOFU)")]
 DataOpt = Annotated[str | None, typer.Option(
-    "--data", help="a benchmark: world:SPLIT or tofu:forget01|05|10[@DIR] (a local copy, else the hub)")]
+    "--data", help="a benchmark: world:SPLIT, tofu:forget01|05|10[@DIR], muse:news|books[@DIR], rwku[@DIR] or "
+    "wmdp[@DIR] (a local copy, else the hub; see docs/benchmarks.md)")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
 DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")]
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from obliviate.cli.app import JsonOpt, ReportToOpt, app, console, print_json
+from obliviate.cli.app import DataOpt, JsonOpt, ReportToOpt, app, console, print_json
 from obliviate.errors import ConfigError
 
 
@@ -45,6 +45,7 @@ def bench(
     redo_stale: Annotated[bool, typer.Option("--redo-stale", help="redo finished cells made with other "
                                                                   "settings (else the bench stops)")] = False,
     report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
+    data: DataOpt = None,
     as_json: JsonOpt = False,
     report_to: ReportToOpt = None,
 ) -> None:
@@ -60,7 +61,7 @@ def bench(
                       overrides=set_ or [], jobs=jobs, threads=threads, max_retain=max_retain,
                       generate=not no_generate, keep_models=not drop_models, redo_stale=redo_stale, report=report,
                       progress=not as_json and console.is_terminal, log=None if as_json else console.print,
-                      report_to=report_to)
+                      report_to=report_to, data=data)
     if as_json:
         print_json({"out": str(out), "cells": board.total, "kept": board.kept, "ran": board.ran,
                     "failed": board.failed, "seconds": board.seconds,
@@ -82,8 +83,9 @@ def _print_summary(outcome) -> None:
     from obliviate.bench.leaderboard import COLUMN, cell_text
 
     board = outcome.leaderboard
-    keys = [k for k in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "privleak", "robustness",
-                        "unlearn_seconds") if k in board["columns"]]
+    keys = [k for k in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "privleak", "verbmem_forget",
+                        "knowmem_forget", "knowmem_retain", "wmdp_bio", "wmdp_cyber", "robustness", "unlearn_seconds")
+            if k in board["columns"]]
     table = Table("split", "model", "seeds", *[board["labels"][k] for k in keys], title="leaderboard")
     for row in board["rows"]:
         name = f"[dim]{row['model']}[/]" if row["kind"] == "anchor" else row["model"]

@@ -18,13 +18,13 @@ def methods(name: Annotated[str | None, typer.Argument(help="show one method's c
     from obliviate.methods import METHODS, get_method
 
     if name is None:
-        rows = [{"name": m.name, "family": m.family, "paper": m.paper, "summary": m.summary}
-                for m in METHODS.values()]
+        rows = [{"name": m.name, "family": m.family, "data": "QA or text" if m.accepts_text else "QA",
+                 "paper": m.paper, "summary": m.summary} for m in METHODS.values()]
         if as_json:
             return print_json(rows)
-        table = Table("method", "family", "paper", "what it does", title="unlearning methods")
+        table = Table("method", "family", "data", "paper", "what it does", title="unlearning methods")
         for r in rows:
-            table.add_row(r["name"], r["family"], r["paper"], r["summary"])
+            table.add_row(r["name"], r["family"], r["data"], r["paper"], r["summary"])
         return console.print(table)
     from obliviate.methods.defaults import paper_values
 
@@ -35,7 +35,8 @@ def methods(name: Annotated[str | None, typer.Argument(help="show one method's c
         return print_json({"name": cls.name, "doc": cls.__module__, "fields": [
             {"name": f, "type": t, "default": d, "paper": repr(paper[f]) if f in paper else d, "help": h}
             for f, t, d, h in fields]})
-    console.print(f"[bold]{cls.name}[/] ({cls.family}): {cls.summary}\n{cls.paper}")
+    data = "QA items or text passages" if cls.accepts_text else "QA items"
+    console.print(f"[bold]{cls.name}[/] ({cls.family}; trains on {data}): {cls.summary}\n{cls.paper}")
     table = Table("field", "type", "world default", "paper default", "help",
                   title=f"{cls.name} config (--set key=value; --defaults paper|world)")
     for f, t, d, h in fields:

@@ -35,8 +35,10 @@ def unlearn(
     method: Annotated[str, typer.Option("--method", "-m", help="method name (see `obliviate methods`)")],
     model: Annotated[str, typer.Option(help="world:PRESET[@SEED][:ARCH], a run dir, a local HF dir or a hub name")],
     out: Annotated[Path, typer.Option(help="run directory to write")],
-    forget: Annotated[str | None, typer.Option(help="forget set file/dir/hub name (QA schema)")] = None,
-    retain: Annotated[str | None, typer.Option(help="retain set file/dir/hub name (QA schema)")] = None,
+    forget: Annotated[str | None, typer.Option(help="forget set file/dir/hub name (QA schema, or text passages: a "
+                                                   "text column and no question)")] = None,
+    retain: Annotated[str | None, typer.Option(help="retain set file/dir/hub name (QA schema or text passages)")]
+    = None,
     split: Split = "forget10",
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
     config: Annotated[Path | None, typer.Option(help="method config file (.yaml/.toml/.json)")] = None,
@@ -79,6 +81,9 @@ def unlearn(
     if any(cut.values()):
         console.print(f"[yellow]note:[/] truncated to max_length: {cut.get('forget', 0)} forget and "
                       f"{cut.get('retain', 0)} retain items")
+    for name, counts in summary.get("chunks", {}).items():
+        console.print(f"note: long {name} passages split into chunks of at most max_length tokens: "
+                      f"{counts['passages']} passages into {counts['chunks']} chunks")
     if isinstance(summary.get("classifier"), dict):
         from obliviate.interventions.classifier import report_table
 
@@ -165,6 +170,22 @@ def eval_cmd(
                     "--utility": utility, "--holdout": holdout, "--oracle": oracle, "--world": world,
                     "--map": map_, "--no-generate": no_generate})
         return print_json(metrics) if as_json else print_lm_eval(metrics, where)
+    if data is not None and forget is not None:
+        raise ObliviateError("give --data or --forget/--retain, not both")
+    from obliviate.workflow.data import parse_data_spec, resolve_spec, source
+
+    bench = resolve_spec(target, data, forget) if suite == "qa" else None
+    if bench is not None and bench.suite == "lm_eval":  # wmdp: multiple choice through the harness
+        from obliviate.workflow.suites import evaluate_wmdp_target
+
+        metrics, where = evaluate_wmdp_target(target, str(bench), lm_eval_limit, split, out, progress=not as_json)
+        return print_json(metrics) if as_json else print_lm_eval(metrics, where)
+    if bench is not None and bench.suite == "text":  # muse: the text suite on the benchmark's sets
+        from obliviate.cli.text import eval_text
+
+        eval_text(target, source(bench), oracle, split, world, out, not no_generate, as_json,
+                  unused={"--retain": retain, "--utility": utility, "--holdout": holdout, "--map": map_})
+        return
     for flag, value in (("--lm-eval-limit", lm_eval_limit), ("--lm-eval-include", lm_eval_include),
                         ("--lm-eval-fewshot", lm_eval_fewshot)):
         if value is not None:
@@ -172,6 +193,12 @@ def eval_cmd(
     if suite == "text":  # MUSE-style; --forget names MUSE-format data (see obliviate/cli/text.py)
         from obliviate.cli.text import eval_text
 
+        if data is not None:  # --data muse:news[@DIR] names the same data
+            named = parse_data_spec(data)
+            if named.suite != "text":
+                raise ObliviateError(f"--suite text: --data {data} is not scored by the text suite (its suite: "
+                                     f"{named.suite})")
+            forget = source(named)
         eval_text(target, forget, oracle, split, world, out, not no_generate, as_json,
                   unused={"--retain": retain, "--utility": utility, "--holdout": holdout, "--map": map_})
         return
@@ -193,6 +220,11 @@ def eval_cmd(
     if as_json:
         return print_json(result.payload)
     console.print(side_by_side({Path(target).name or target: result.aggregates}, "qa suite"))
+    if "rwku" in result.payload:
+        table = Table("RWKU (ROUGE-L recall)", "value", title="RWKU's table: forget ↓, neighbour ↑")
+        for key, value in result.payload["rwku"].items():
+            table.add_row(key, fmt(value))
+        console.print(table)
     if "open_unlearning" in result.payload:
         table = Table("open-unlearning key", "value", title="open-unlearning's headline keys (its definitions)")
         for key, value in result.payload["open_unlearning"].items():

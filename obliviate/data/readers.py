@@ -10,7 +10,9 @@
 - a Hugging Face hub name, `owner/name` or `owner/name:config`, loaded with
   `datasets.load_dataset(name, config, split=split or "train")`.
 
-Each row becomes one `QAItem`, `TextPassage` or `LabelledText`. `mapping` renames columns to schema
+Each row becomes one `QAItem`, `TextPassage` or `LabelledText`; kind `auto` reads a file of text
+passages (a `text` column, or `prefix` and `continuation`, and no `question`) as text, anything else
+as QA. `mapping` renames columns to schema
 fields (`{"question": "prompt"}` reads `question` from the column `prompt`). Without a mapping, the
 TOFU column names `perturbed_answer` and `paraphrased_question` are read as `perturbed_answers` and
 `paraphrased_questions`. Columns that feed no field go into `meta`.
@@ -32,7 +34,7 @@ from obliviate.data.formats import Row, _type_name, read_rows  # noqa: F401  (re
 from obliviate.data.schema import Item, LabelledText, QAItem, TextPassage
 from obliviate.errors import ConfigError, DataError
 
-Kind = Literal["qa", "text", "labelled"]
+Kind = Literal["qa", "text", "labelled", "auto"]
 
 FIELDS: dict[str, tuple[str, ...]] = {
     "qa": (
@@ -66,16 +68,31 @@ def load_items(
     split: str | None = None,
 ) -> ItemList:
     """Read every row of `source` as an item of `kind`; see the module docstring for sources."""
-    if kind not in FIELDS:
-        raise ConfigError(f"unknown data kind '{kind}' (choose from {', '.join(FIELDS)})")
+    if kind not in (*FIELDS, "auto"):
+        raise ConfigError(f"unknown data kind '{kind}' (choose from {', '.join(FIELDS)}, auto)")
+    rows = read_rows(source, split)
+    if kind == "auto":
+        kind = detect_kind(rows, mapping or {})
     mapping = _check_mapping(mapping or {}, kind)
     items = ItemList()
-    for path, line, row in read_rows(source, split):
+    for path, line, row in rows:
         items.append(_to_item(kind, _Fields(row, mapping, path, line)))
         items.locations.append(f"{path}:{line}")
     if not items:
         raise DataError(source, "no items")
     return items
+
+
+def detect_kind(rows: list[Row], mapping: dict[str, str]) -> Kind:
+    """"text" when the first row has a text column (`text`, or `prefix` and `continuation`, as mapped)
+    and no question column; else "qa"."""
+    if not rows or not isinstance(rows[0][2], dict):
+        return "qa"
+    row = rows[0][2]
+    has = lambda field: mapping.get(field, field) in row  # noqa: E731
+    if has("question"):
+        return "qa"
+    return "text" if has("text") or (has("prefix") and has("continuation")) else "qa"
 
 
 def parse_mapping(entries: str | Iterable[str]) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 - `QAItem`: a question about a subject with its answer, a paraphrased answer, perturbed (wrong)
   answers of the same type and template, and paraphrased question forms (used as held-out forms).
-- `TextPassage`: free text, optionally split into a prefix and a continuation (verbatim memorisation).
+- `TextPassage`: free text, optionally split into a prefix and a continuation (verbatim memorisation);
+  methods that take text train on all of its tokens, or on the continuation when there is a prefix.
 - `LabelledText`: text with a class label (the SPUL / ICUL setting).
 """
 

@@ -181,6 +181,7 @@ def _utility_components(sets: Sequence[SetScores]) -> dict[str, np.ndarray]:
 def _model_utility(comps: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
     """Harmonic mean of the component means, with a bootstrap CI that resamples each component."""
     clean = {k: v[~np.isnan(v)] for k, v in comps.items()}
+    clean = {k: v for k, v in clean.items() if v.size}  # no truth ratio on sets without perturbed answers (RWKU)
     value = M.model_utility({k: float(v.mean()) for k, v in clean.items()})
     rng = np.random.default_rng(seed)
     boots = []

@@ -1,11 +1,19 @@
 """The method table: every unlearning method, by name.
 
 Adding a method: write its file, add one line here, a test, and a row in docs/methods.md.
+
+Each method says which data it trains on: `accepts_text = True` on the class when it also trains on
+text passages (MUSE's and WMDP's corpora: the loss runs on every token, or on the continuation of a
+passage with a prefix), else QA items only; `check_item_kinds` refuses text for the others in one
+line, and `obliviate methods` shows the split in its `data` column.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from obliviate.config import did_you_mean
+from obliviate.data.schema import TextPassage
 from obliviate.errors import ConfigError
 from obliviate.methods.altpo import AltPO
 from obliviate.methods.base import FinetuneMethod, Method, MethodConfig
@@ -75,4 +83,28 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "FinetuneMethod", "Method", "MethodConfig", "get_method"]
+def takes_text(cls: type[Method], config: MethodConfig | None = None) -> bool:
+    """Whether `cls` trains on text passages (`accepts_text`); WAGLE and UOE as their base method does."""
+    if not cls.accepts_text:
+        return False
+    for key in ("base", "loss"):  # WAGLE's base method, UOE's loss: both name another method
+        inner = getattr(config, key, None)
+        if isinstance(inner, str) and inner in METHODS:
+            return METHODS[inner].accepts_text
+    return True
+
+
+def text_methods() -> list[str]:
+    """The methods that take text passages, in table order."""
+    return [name for name, cls in METHODS.items() if cls.accepts_text]
+
+
+def check_item_kinds(cls: type[Method], items: Sequence, where: str, config: MethodConfig | None = None) -> None:
+    """A one-line error when `items` hold text passages and `cls` needs QA items."""
+    if any(isinstance(item, TextPassage) for item in items) and not takes_text(cls, config):
+        raise ConfigError(f"{cls.name} needs QA items (question, answer), and {where} holds text passages; "
+                          f"methods that take text: {', '.join(text_methods())}")
+
+
+__all__ = ["METHODS", "FinetuneMethod", "Method", "MethodConfig", "check_item_kinds", "get_method", "takes_text",
+           "text_methods"]

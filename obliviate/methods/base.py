@@ -65,6 +65,9 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_retain: ClassVar[bool] = False
     needs_moe: ClassVar[bool] = False  # runs only on mixture-of-experts models
+    # takes text passages (`TextPassage`: MUSE's and WMDP's corpora) as well as QA items; the loss then
+    # runs on every token of a passage, or on its continuation when it has a prefix (train/data.py)
+    accepts_text: ClassVar[bool] = False
     # the paper's defaults for 7B-scale models; the config's own defaults are the world's (methods/defaults.py)
     paper_defaults: ClassVar[dict[str, Any]] = {}
 

@@ -74,6 +74,7 @@ class CEU(FinetuneMethod):
     paper_defaults = {**TOFU_FINETUNE, "epochs": 10, "warmup_ratio": 0.1, "retain_loss": "none"}
     name = "ceu"
     paper = "Yang 2025, CE-U: Cross Entropy Unlearning"
+    accepts_text = True
     summary = "cross-entropy towards the model's own distribution with the true token removed"
     Config = CEUConfig
     uses_retain = True  # unless the retain term is off (set per instance)

@@ -30,6 +30,7 @@ class GAConfig(FinetuneConfig):
 class GradientAscent(FinetuneMethod):
     name = "ga"
     paper = "Jang et al. 2023, Knowledge Unlearning for Mitigating Privacy Risks in Language Models"
+    accepts_text = True
     summary = "maximise the forget-set NLL"
     Config = GAConfig
 

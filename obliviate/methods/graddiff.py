@@ -22,6 +22,7 @@ class GradDiffConfig(FinetuneConfig):
 class GradDiff(FinetuneMethod):
     name = "graddiff"
     paper = "Liu et al. 2022, Continual Learning and Private Unlearning"
+    accepts_text = True
     summary = "ascend the forget NLL, descend the retain NLL"
     Config = GradDiffConfig
     uses_retain = True

@@ -55,6 +55,7 @@ class KLConfig(FinetuneConfig, ReferenceConfig):
 class KL(FinetuneMethod):
     name = "kl"
     paper = "Maini et al. 2024, TOFU: A Task of Fictitious Unlearning for LLMs (KL baseline)"
+    accepts_text = True
     summary = "ascend the forget NLL, keep retain predictions close to the starting model (KL)"
     Config = KLConfig
     uses_retain = True

@@ -49,6 +49,7 @@ class NPO(FinetuneMethod):
     name = "npo"
     paper = ("Zhang et al. 2024, Negative Preference Optimization: "
              "From Catastrophic Collapse to Effective Unlearning")
+    accepts_text = True
     summary = "push forget answers below the starting model with a saturating (DPO-style) loss"
     Config = NPOConfig
     uses_retain = True  # unless retain_loss is "none" (set per instance)

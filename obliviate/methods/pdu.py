@@ -89,6 +89,7 @@ class PDU(FinetuneMethod):
     name = "pdu"
     paper = ("Entesari et al. 2025, Constrained Entropic Unlearning: "
              "A Primal-Dual Framework for Large Language Models")
+    accepts_text = True
     summary = "flatten forget logits (margin²) subject to retain loss ≤ ε, by primal-dual updates"
     Config = PDUConfig
     uses_retain = True

@@ -126,6 +126,7 @@ class RMU(FinetuneMethod):
                       "steering_coeff": 6.5, "alpha": 1200.0, "warmup_ratio": 0.0, "weight_decay": 0.0}
     name = "rmu"
     paper = "Li et al. 2024, The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning"
+    accepts_text = True
     summary = "steer layer-ℓ activations on forget data to a random vector, pin them on retain data"
     Config = RMUConfig
     uses_retain = True

@@ -46,6 +46,7 @@ class SimNPO(FinetuneMethod):
     name = "simnpo"
     paper = ("Fan et al. 2024, Simplicity Prevails: "
              "Rethinking Negative Preference Optimization for LLM Unlearning")
+    accepts_text = True
     summary = "reference-free NPO on the length-normalised forget NLL, plus retain cross-entropy"
     Config = SimNPOConfig
     uses_retain = True

@@ -94,6 +94,7 @@ class SSD(Method):
     name = "ssd"
     family = "weight surgery"
     paper = "Foster et al. 2024, Fast Machine Unlearning Without Retraining Through Selective Synaptic Dampening"
+    accepts_text = True
     summary = "dampen the weights far more important (diagonal Fisher) to the forget set than to all data"
     Config = SSDConfig
     uses_retain = True

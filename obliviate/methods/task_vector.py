@@ -50,6 +50,7 @@ class ForgetFinetune(FinetuneMethod):
 
     name = "forget-sft"
     paper = "-"
+    accepts_text = True
     summary = "cross-entropy on the forget answers (learns them)"
 
     def compute_loss(self, model, batch) -> LossOutput:
@@ -66,6 +67,7 @@ class TaskVector(FinetuneMethod):
     name = "task_vector"
     family = "weight surgery"
     paper = "Ilharco et al. 2023, Editing Models with Task Arithmetic"
+    accepts_text = True
     summary = "fine-tune on the forget set, then subtract the task vector τ = θ_ft − θ"
     Config = TaskVectorConfig
 

@@ -77,6 +77,7 @@ class UNDIAL(FinetuneMethod):
     name = "undial"
     paper = ("Dong et al. 2025, UNDIAL: Self-Distillation with Adjusted Logits "
              "for Robust Unlearning in Large Language Models")
+    accepts_text = True
     summary = "distil from the starting model with the forget token's logit lowered by β"
     Config = UNDIALConfig
     uses_retain = True  # unless the retain term is off (set per instance)

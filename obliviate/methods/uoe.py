@@ -199,6 +199,7 @@ class _RouterDone(Exception):
 class UOE(FinetuneMethod):
     name = "uoe"
     paper = "Zhuang et al. 2025, UOE: Unlearning One Expert Is Enough for Mixture-of-Experts LLMs"
+    accepts_text = True
     summary = "unlearn only the expert the router picks most for the forget set; anchor the router to it"
     Config = UOEConfig
     uses_retain = True  # as the chosen loss (set per instance)

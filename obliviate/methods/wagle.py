@@ -159,6 +159,7 @@ class WAGLE(Method):
     family = "fine-tuning"
     paper = ("Jia et al. 2024, WAGLE: Strategic Weight Attribution for Effective "
              "and Modular Unlearning in Large Language Models")
+    accepts_text = True
     summary = "weight attribution selects the weights; a base fine-tuning method (base=npo, ...) trains only them"
     Config = WAGLEConfig
 

@@ -57,6 +57,7 @@ class WGA(FinetuneMethod):
     name = "wga"
     paper = ("Wang et al. 2025, Rethinking LLM Unlearning Objectives: "
              "A Gradient Perspective and Go Beyond (weighted gradient ascent)")
+    accepts_text = True
     summary = "gradient ascent on forget tokens weighted by their own probability p^β"
     Config = WGAConfig
     uses_retain = True  # unless the retain term is off (set per instance)

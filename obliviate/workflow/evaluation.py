@@ -236,4 +236,7 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
                        progress=progress, name=Path(target).name or str(target))
     payload.pop("_forget_truth_ratios")
     payload.pop("_ou_min_k_auc")
+    if spec is not None and spec.benchmark == "rwku":  # RWKU's own table: ROUGE-L recall per probe level
+        payload["rwku"] = specs.rwku_table(sets, read_jsonl(out / "items.jsonl"))
+        write_json(out / "results.json", payload)
     return payload

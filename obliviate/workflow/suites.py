@@ -147,6 +147,53 @@ def evaluate_labels_target(target: str, world: str | None = None, oracle: str | 
 
 # -- lm-evaluation-harness -----------------------------------------------------------------------------
 
+def evaluate_wmdp_target(target: str, data: str, limit: int | None = None, split: str = "forget10",
+                         out: Path | None = None, progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """WMDP-Bio, WMDP-Cyber and the MMLU subsets on `target` (`evals/wmdp.py`): the harness's tasks from
+    the hub for `wmdp`, the same tasks over a local copy for `wmdp@PATH`."""
+    from obliviate.evals.wmdp import tasks_for
+    from obliviate.workflow.data import parse_data_spec, source
+
+    spec = parse_data_spec(data)
+    where = _out_dir(target, out)
+    names, include = tasks_for(source(spec) if spec.path else None, where)
+    return evaluate_lm_eval_target(target, ",".join(names), limit, include, None, split, where, progress)
+
+
+def score_benchmark(model, tokenizer, data: str, out_dir: Path | None, generate: bool = True,
+                    progress: bool = False) -> dict[str, Any]:
+    """Score a loaded model on a benchmark its own suite reports with, other than the qa suite:
+    `muse:...` with the text suite (no PrivLeak oracle), `wmdp[@PATH]` through lm-evaluation-harness.
+
+    Returns a payload with `aggregates` ({metric: {"value": v, "higher_is_better": b}}), as the qa suite's.
+    """
+    from obliviate.workflow.data import parse_data_spec, source
+
+    spec = parse_data_spec(data)
+    if spec.suite == "text":
+        from obliviate.data.adapters.muse import load_muse
+        from obliviate.evals.text import evaluate_text
+
+        payload, _ = evaluate_text(model, tokenizer, load_muse(source(spec)), out_dir, None, generate=generate,
+                                   progress=progress, extra={"data": str(spec)})
+        return payload
+    if spec.suite == "lm_eval":
+        import tempfile
+
+        from obliviate.evals.lm_eval import run_lm_eval
+        from obliviate.evals.wmdp import tasks_for
+
+        with tempfile.TemporaryDirectory() as tmp:
+            names, include = tasks_for(source(spec) if spec.path else None, Path(out_dir or tmp))
+            metrics = run_lm_eval(model, tokenizer, names, out_dir, include_path=include)
+        forget = ("wmdp_bio", "wmdp_cyber")  # hazardous knowledge: lower is better; the MMLU subsets: higher
+        aggregates = {f"{task.removeprefix('obliviate_')}/acc": {  # local copies' tasks under the hub's names
+            "value": row.get("acc"), "higher_is_better": not task.removeprefix("obliviate_").startswith(forget)}
+            for task, row in metrics.items()}
+        return {"suite": "lm_eval", "aggregates": aggregates, "lm_eval": metrics, "data": str(spec)}
+    raise ObliviateError(f"--data {spec}: scored by the qa suite")
+
+
 def evaluate_lm_eval_target(target: str, tasks: str, limit: int | None = None, include: Path | None = None,
                             fewshot: int | None = None, split: str = "forget10", out: Path | None = None,
                             progress: bool = True, unused: dict[str, Any] | None = None

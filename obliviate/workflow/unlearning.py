@@ -32,7 +32,8 @@ def _warn(line: str) -> None:
 
 def load_train_sets(forget: str | None, retain: str | None, ref: WorldRef | None, mapping: list[str],
                     strict: bool, log: Callable[[str], None] = _warn):
-    """(forget items, retain items): the given QA files, else the world's training split."""
+    """(forget items, retain items): the given files (QA items, or text passages when a file has a
+    `text` column and no `question`), else the world's training split."""
     from obliviate.data import check_forget_set, check_overlap, load_items, parse_mapping
 
     cols = parse_mapping(mapping) if mapping else None
@@ -43,9 +44,9 @@ def load_train_sets(forget: str | None, retain: str | None, ref: WorldRef | None
 
         world = get_world(ref.preset, ref.seed)
         return world.forget_train(ref.split), world.retain_train(ref.split)
-    forget_items = load_items(forget, "qa", cols)
+    forget_items = load_items(forget, "auto", cols)
     check_forget_set(forget_items, forget)
-    retain_items = load_items(retain, "qa", cols) if retain else []
+    retain_items = load_items(retain, "auto", cols) if retain else []
     for line in check_overlap(forget_items, retain_items, forget, retain or "", strict=strict):
         log(line)
     return forget_items, retain_items
@@ -55,6 +56,27 @@ def _resolvable(spec: str) -> str:
     """A model spec that resolves from any directory: a local path made absolute, a hub name as it is."""
     path = Path(str(spec))
     return str(path.resolve()) if path.exists() else str(spec)
+
+
+def chunk_train_sets(tokenizer, forget: list, retain: list, config) -> tuple[list, list, dict[str, dict[str, int]]]:
+    """Text passages longer than the method's `max_length` split into chunks (`train.data.chunk_passages`).
+
+    Returns (forget, retain, {"forget": {"passages": n, "chunks": m}, ...}) with an entry only for a
+    set where a passage was split; methods without `max_length` get their items unchanged.
+    """
+    from obliviate.train.data import chunk_passages
+
+    max_length = getattr(config, "max_length", None)
+    if not max_length:
+        return forget, retain, {}
+    report: dict[str, dict[str, int]] = {}
+    out = []
+    for name, items in (("forget", forget), ("retain", retain)):
+        chunked, counts = chunk_passages(tokenizer, items, max_length)
+        if counts["passages"]:
+            report[name] = counts
+        out.append(chunked)
+    return out[0], out[1], report
 
 
 def ref_override(method: str, ref: str) -> str:
@@ -87,7 +109,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     """
     from obliviate.config import build_config, parse_overrides, read_config_file
     from obliviate.data import data_hash
-    from obliviate.methods import get_method
+    from obliviate.methods import FinetuneMethod, get_method
     from obliviate.methods.defaults import default_values, describe_defaults, differences_from_paper, resolve_mode
     from obliviate.models.loading import hub_name, save_model
     from obliviate.models.lora import apply_lora, parse_lora, save_adapter
@@ -97,8 +119,8 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     cls = get_method(method)
     mode = resolve_mode(defaults, model_spec)
     values = default_values(cls, mode)
-    values.update(read_config_file(config_file, method) if config_file else {})
-    values.update(parse_overrides(overrides or []))
+    chosen = {**(read_config_file(config_file, method) if config_file else {}), **parse_overrides(overrides or [])}
+    values.update(chosen)
     config = build_config(cls.Config, values, source=str(config_file) if config_file and not overrides else "--set")
     if info is not None:
         info(describe_defaults(cls, mode, config))
@@ -117,6 +139,21 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
         forget_items, retain_items = specs.train_sets(spec)
     else:
         forget_items, retain_items = load_train_sets(forget, retain, ref, mapping or [], strict, log)
+    from obliviate.methods import check_item_kinds
+
+    check_item_kinds(cls, forget_items, forget or (str(spec) if spec else "the forget set"), config)
+    check_item_kinds(cls, retain_items, retain or (str(spec) if spec else "the retain set"), config)
+    hashes = {"forget": data_hash(forget_items), "retain": data_hash(retain_items)}  # of the data as given
+    instance = cls(config)
+    if isinstance(instance, FinetuneMethod) and instance.uses_retain and not retain_items:
+        given = f"{spec} has no retain set" if spec is not None else "no --retain set is given"
+        if "retain_loss" not in cls.Config.model_fields or "retain_loss" in chosen:
+            raise ObliviateError(f"{method} trains on a retain set too, and {given}: give one, or use a "
+                                 "forget-only method such as ga")
+        # the paper's forget-only variant (plain NPO, MUSE's `npo`), said in one line
+        config = config.model_copy(update={"retain_loss": "none"})
+        instance = cls(config)
+        log(f"{method}: {given}, so it trains without its retain term (retain_loss=none)")
     lora_spec = parse_lora(lora) if lora else None
     inference_time = getattr(cls, "produces", "weights") == "intervention"
     if inference_time and lora_spec is not None:
@@ -129,11 +166,14 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     base_name = hub_name(model_spec, base_path)  # a hub model is recorded by its hub name, not a cache path
     if lora_spec is not None:
         model = apply_lora(model, lora_spec)
+    forget_items, retain_items, chunks = chunk_train_sets(tok, forget_items, retain_items, config)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    summary = cls(config).unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
+    summary = instance.unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
     seconds = time.perf_counter() - t0
     summary = {**summary, "seconds": seconds, "peak_memory_mb": peak_memory_mb()}
+    if chunks:
+        summary["chunks"] = chunks
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -154,7 +194,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
                        "data": specs.record(spec) if spec is not None else None,
                        "defaults": mode, "differs_from_paper": differences_from_paper(cls, config),
                        "split": split, "mapping": list(mapping or []), "strict": strict, "base_model": base_name,
-                       "data_hashes": {"forget": data_hash(forget_items), "retain": data_hash(retain_items)},
+                       "data_hashes": hashes,
                        "unlearn": summary})
     if isinstance(summary.get("classifier"), dict):  # eco, guard and gated prefix methods
         from obliviate.runs import write_classifier_report

@@ -22,6 +22,12 @@ layout MUSE publishes:
 - MUSE's GitHub `data/<corpus>/` folder: `verbmem/forget.json`, `knowmem/forget_qa.json`,
   `privleak/forget.json`, ... (JSON lists; the privleak files there are lists of plain strings).
 
+The training corpora are the `raw` subset: splits `forget`, `retain1` (the retain set MUSE's
+baselines train on), `retain2` and `holdout`, column `text` on the hub (one article or book chunk a
+row); MUSE's GitHub folder holds them as plain text, `raw/forget.txt`, `raw/retain1.txt`, ..., each
+read as one passage (the training step cuts long passages into `max_length` chunks, as MUSE's
+`DefaultDataset` does). `load_muse_corpus` reads them.
+
 JSON Lines (`.jsonl`) copies of either are read too. Locally, a missing subset folder leaves that
 subset empty (MUSE-Books on GitHub has no knowmem), and so do the optional splits (`*_icl`, privleak
 `retain`); a subset folder without a required split is an error. Every bad row is a `DataError`
@@ -59,6 +65,7 @@ SPLITS: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
 )
 SUBSETS = ("verbmem", "knowmem", "privleak")
 SUFFIXES = (".parquet", ".jsonl", ".json")
+CORPUS_SPLITS = ("forget", "retain1", "retain2", "holdout")
 
 Row = tuple[str, int, Any]  # (path, line, raw row)
 
@@ -193,3 +200,37 @@ def _string(row: Any, name: str, path: str, line: int) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise DataError(path, f"field '{name}' must be a string", line)
     return str(value)  # a number (a year as an answer) reads as its text
+
+
+def load_muse_corpus(source: str | Path, split: str = "forget") -> list[TextPassage]:
+    """A split of MUSE's `raw` training corpus as text passages (see the module docstring).
+
+    `source`: a local copy (a directory with `raw/`), a hub name, or `news` / `books`.
+    """
+    if split not in CORPUS_SPLITS:
+        raise DataError(source, f"unknown MUSE corpus split '{split}' (choose from {', '.join(CORPUS_SPLITS)})")
+    local = Path(source)
+    if not local.exists():
+        hub = HUB_NAMES.get(str(source), str(source))
+        rows = read_rows(f"{hub}:raw", split=split)
+        return _corpus_items(rows, f"{hub}:raw/{split}")
+    folder = local / "raw"
+    text_file = folder / f"{split}.txt"
+    if text_file.is_file():
+        text = text_file.read_text(encoding="utf-8-sig")
+        if not text.strip():
+            raise DataError(text_file, "empty corpus file")
+        return [TextPassage(text, meta={"muse": str(text_file), "index": 0})]
+    path = _split_file(folder, (split,)) if folder.is_dir() else None
+    if path is None:
+        raise DataError(folder, f"no MUSE corpus file for split '{split}' ({split}.txt, {split}.json, "
+                                f"{split}.jsonl or {split}-00000-of-00001.parquet)")
+    return _corpus_items(_file_rows(path), str(path))
+
+
+def _corpus_items(rows: list[Row], where: str) -> list[TextPassage]:
+    if not rows:
+        raise DataError(where, "no rows")
+    return [TextPassage(row if isinstance(row, str) else _string(row, "text", path, line),
+                        meta={"muse": where, "index": index})
+            for index, (path, line, row) in enumerate(rows)]
