@@ -26,13 +26,13 @@ from obliviate.evals.recall import paraphrase_set, recall_scores
 MODEL = "gguf:smollm2"
 # name -> (method, overrides, lora): inference-time methods ungated (the papers') and gated (+gate)
 RUNS = {
-    "npo_lora": ("npo", {"lr": 1e-3, "epochs": 5, "batch_size": 4, "grad_accum": 1}, ob.LoRA(r=8, alpha=16)),
+    "npo_lora": ("npo", {"lr": 2e-3, "epochs": 5, "batch_size": 4, "grad_accum": 1}, ob.LoRA(r=8, alpha=16)),
     "guard": ("guard", {"alpha": 0.2}, None),
-    "icul": ("icul", {}, None),
+    "icul": ("icul", {"gate": "none"}, None),
     "icul+gate": ("icul", {"gate": "classifier", "alpha": 0.2}, None),
-    "prompt": ("prompt", {}, None),
+    "prompt": ("prompt", {"gate": "none"}, None),
     "prompt+gate": ("prompt", {"gate": "classifier", "alpha": 0.2}, None),
-    "spul": ("spul", {"epochs": 3, "batch_size": 8}, None),
+    "spul": ("spul", {"epochs": 3, "batch_size": 8, "gate": "none"}, None),
     "spul+gate": ("spul", {"epochs": 3, "batch_size": 8, "gate": "classifier", "alpha": 0.2}, None),
 }
 

@@ -16,7 +16,7 @@ from obliviate.evals.recall import recall_scores
 pytestmark = pytest.mark.slow
 RUNS = {
     "npo": dict(method="npo", lora=ob.LoRA(r=8, alpha=16),
-                overrides={"lr": 1e-3, "epochs": 5, "batch_size": 4, "grad_accum": 1}),
+                overrides={"lr": 2e-3, "epochs": 5, "batch_size": 4, "grad_accum": 1}),
     "guard": dict(method="guard", lora=None, overrides={"alpha": 0.2}),
 }
 
