@@ -5,7 +5,8 @@ directory, in open-unlearning's protocol (chat template, system prompt, date str
 of up to 200 new tokens, batch 32): open-unlearning with `src/eval.py experiment=eval/tofu/default`, and
 obliviate with `obliviate eval --preset open-unlearning`. Each runs `--repeats` times, alternating, as a
 fresh process (imports included); the script prints each time, the machine's load beside it, and the
-ratio of the medians. open-unlearning's reference logs for the retain model are made once, untimed.
+ratio of the medians. The retain model's reference results are made once for each, untimed: open-unlearning's
+logs (`retain_logs_path`) and obliviate's evaluated oracle directory (`--oracle DIR`).
 
     python benchmarks/vs_open_unlearning.py --ou OU_CHECKOUT --ou-python OU_VENV/bin/python \\
         --ou-config-path OVERLAY_DIR [--repeats 3]
@@ -44,10 +45,10 @@ def ou_command(args, model: Path, out: Path, retain_logs: Path | None) -> list[s
             f"retain_logs_path={retain_logs if retain_logs else 'null'}", f"paths.output_dir={out}"]
 
 
-def obliviate_command(out: Path) -> list[str]:
-    return [sys.executable, "-m", "obliviate", "eval", str(FIXTURE / "tiny-model"), "--data",
-            f"tofu:forget10@{FIXTURE / 'TOFU'}", "--oracle", str(FIXTURE / "tiny-model-retain"), "--preset",
-            "open-unlearning", "--out", str(out), "--json"]
+def obliviate_command(model: Path, out: Path, oracle: Path | None, generate: bool = True) -> list[str]:
+    return [sys.executable, "-m", "obliviate", "eval", str(model), "--data", f"tofu:forget10@{FIXTURE / 'TOFU'}",
+            *(["--oracle", str(oracle)] if oracle else []), "--preset", "open-unlearning", "--out", str(out),
+            "--json", *([] if generate else ["--no-generate"])]
 
 
 def timed(command: list[str], cwd: Path, env: dict) -> float:
@@ -71,12 +72,15 @@ def main() -> None:
         subprocess.run(ou_command(args, FIXTURE / "tiny-model-retain", retain_out, None), cwd=args.ou, env=env,
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         logs = retain_out / "TOFU_EVAL.json"
+        oracle = tmp / "ob-retain"
+        subprocess.run(obliviate_command(FIXTURE / "tiny-model-retain", oracle, None, generate=False), cwd=ROOT,
+                       env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         times: dict[str, list[float]] = {"open-unlearning": [], "obliviate": []}
         for i in range(args.repeats):
             ou_s = timed(ou_command(args, FIXTURE / "tiny-model", tmp / f"ou-{i}", logs), args.ou, env)
             times["open-unlearning"].append(ou_s)
             print(f"open-unlearning run {i + 1}: {ou_s:.1f} s ({load()})", flush=True)
-            ob_s = timed(obliviate_command(tmp / f"ob-{i}"), ROOT, env)
+            ob_s = timed(obliviate_command(FIXTURE / "tiny-model", tmp / f"ob-{i}", oracle), ROOT, env)
             times["obliviate"].append(ob_s)
             print(f"obliviate run {i + 1}: {ob_s:.1f} s ({load()})", flush=True)
     ou_med, ob_med = statistics.median(times["open-unlearning"]), statistics.median(times["obliviate"])

@@ -156,13 +156,24 @@ def resolve_oracle(oracle: str | None, ref: WorldRef | None, sets: EvalSets, wor
         if Path(oracle).is_dir() and (Path(oracle) / "items.jsonl").exists():
             return oracle_truth_ratios(oracle), oracle_ou_auc(oracle)
         omodel, otok, _ = load_model_spec(oracle, split, progress=False, fmt=fmt)
-        payload = evaluate(omodel, otok, sets, None, generate=False, progress=progress,
-                           name=f"oracle {Path(oracle).name or oracle}")
-        return payload["_forget_truth_ratios"], payload["_ou_min_k_auc"]
+        return oracle_scores(omodel, otok, sets)
     if ref is not None and world_sets:
         models = world_models(ref, which=("target", "oracle"), progress=progress)
         return cached_world_eval(ref, "oracle", models.oracle, sets, progress=progress)["_forget_truth_ratios"], None
     return None, None
+
+
+def oracle_scores(model, tokenizer, sets: EvalSets, batch_size: int = 32) -> tuple[np.ndarray, float | None]:
+    """What forget quality and privleak need of an oracle model, and no more: its forget truth ratios and
+    its open-unlearning Min-K AUC (forget against holdout), without generation or the retain sets."""
+    from obliviate.evals.open_unlearning import min_k_auc
+    from obliviate.evals.qa import score_set
+
+    forget = score_set(model, tokenizer, sets.forget, "forget", "forget", batch_size=batch_size, generate=False)
+    if not sets.holdout:
+        return forget.truth_ratio, None
+    holdout = score_set(model, tokenizer, sets.holdout, "holdout", "holdout", batch_size=batch_size, generate=False)
+    return forget.truth_ratio, min_k_auc(forget.ou["min_k"], holdout.ou["min_k"])
 
 
 def resolve_oracle_truth_ratios(oracle: str | None, ref: WorldRef | None, sets: EvalSets, world_sets: bool,
