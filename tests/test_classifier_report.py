@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from obliviate.data.schema import QAItem
 from obliviate.errors import ConfigError
 from obliviate.interventions.classifier import Detector, PromptClassifier, fit_detector, question_groups
-from obliviate.interventions.prefix import InContextPrefix, SoftPrompt
+from obliviate.interventions.prefix_kinds import InContextPrefix, SoftPrompt
 from obliviate.interventions.regions import PromptReader, classifier_text
 from obliviate.methods.icul import ICUL, ICULConfig
 from obliviate.models.generation import generate_greedy

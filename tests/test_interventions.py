@@ -24,7 +24,7 @@ from obliviate.interventions import load_intervention
 from obliviate.interventions.classifier import PromptClassifier, conformal_threshold
 from obliviate.interventions.corruption import corrupt
 from obliviate.interventions.logit_diff import LogitDifference, combine_logits, decoder_layers, truncated_model
-from obliviate.interventions.prefix import InContextPrefix, SoftPrompt
+from obliviate.interventions.prefix_kinds import InContextPrefix, SoftPrompt
 from obliviate.interventions.regions import find_regions, prompt_marker
 from obliviate.interventions.restricted import GuardLogitsProcessor, RestrictedDecoding
 from obliviate.methods.eco import ECO, ECOConfig

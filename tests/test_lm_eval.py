@@ -20,7 +20,7 @@ import yaml
 
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.evals.lm_eval import RESULTS_FILE, evaluate_with_harness, run_lm_eval
-from obliviate.interventions.prefix import InContextPrefix
+from obliviate.interventions.prefix_kinds import InContextPrefix
 from obliviate.io import read_json
 from tests.conftest import build_tiny_tokenizer, make_tiny_llama
 from tests.helpers import Identity, assert_one_line_error, run_cli

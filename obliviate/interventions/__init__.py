@@ -1,8 +1,9 @@
 """Interventions: the artifacts of inference-time methods, and the wrapper that runs them.
 
 - `base`: `Intervention` (state + run rule + save), `InterventionModel` (the wrapped frozen model).
-- `prefix`: `SoftPrompt` (SPUL), `InContextExamples` (ICUL), `InContextPrefix` (prompt baseline);
-  each optionally gated by the prompt classifier.
+- `prefix`: what prefix interventions share (the cached prefix, the gate); `prefix_kinds`: `SoftPrompt`
+  (SPUL), `InContextExamples` (ICUL), `InContextPrefix` (prompt baseline), each optionally gated by the
+  prompt classifier.
 - `corruption`: `EmbeddingCorruption` (ECO). `restricted`: `RestrictedDecoding` (GUARD).
 - `logit_diff`: `LogitDifference` (ULD).
 - `classifier`: the prompt classifier of ECO, GUARD and the gated prefixes, its set-up (`fit_detector`)
@@ -23,9 +24,9 @@ from obliviate.interventions.model import InterventionModel
 
 # kind -> "module:Class", imported on use so loading one kind never imports the others.
 KINDS = {
-    "soft_prompt": "obliviate.interventions.prefix:SoftPrompt",
-    "in_context": "obliviate.interventions.prefix:InContextPrefix",
-    "in_context_examples": "obliviate.interventions.prefix:InContextExamples",
+    "soft_prompt": "obliviate.interventions.prefix_kinds:SoftPrompt",
+    "in_context": "obliviate.interventions.prefix_kinds:InContextPrefix",
+    "in_context_examples": "obliviate.interventions.prefix_kinds:InContextExamples",
     "embedding_corruption": "obliviate.interventions.corruption:EmbeddingCorruption",
     "restricted_decoding": "obliviate.interventions.restricted:RestrictedDecoding",
     "logit_difference": "obliviate.interventions.logit_diff:LogitDifference",

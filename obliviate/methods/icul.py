@@ -47,7 +47,8 @@ from obliviate.data.refusals import refusal_for
 from obliviate.data.schema import LabelledText, subject_name
 from obliviate.errors import ConfigError
 from obliviate.interventions.classifier import fit_detector, get_embedder, item_prompts
-from obliviate.interventions.prefix import InContextExamples, InContextPrefix, tokenizer_bos
+from obliviate.interventions.prefix import tokenizer_bos
+from obliviate.interventions.prefix_kinds import InContextExamples, InContextPrefix
 from obliviate.interventions.regions import PromptReader, classifier_text
 from obliviate.methods.eco import GateConfig
 from obliviate.methods.inference import LABELLED_OR_QA, InterventionMethod, item_kind

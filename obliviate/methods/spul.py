@@ -53,7 +53,8 @@ from obliviate.data.schema import LabelledText
 from obliviate.errors import ConfigError
 from obliviate.interventions.base import frozen
 from obliviate.interventions.classifier import fit_detector
-from obliviate.interventions.prefix import SoftPrompt, tokenizer_bos
+from obliviate.interventions.prefix import tokenizer_bos
+from obliviate.interventions.prefix_kinds import SoftPrompt
 from obliviate.interventions.training import train_parameters
 from obliviate.methods.eco import GateConfig
 from obliviate.methods.inference import LABELLED_OR_QA, InterventionMethod, item_kind
