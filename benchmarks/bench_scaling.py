@@ -40,8 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from obliviate.bench import BenchSpec, run_bench  # noqa: E402
-from obliviate.bench.extras import text_suite_available  # noqa: E402
+from obliviate.grid import BenchSpec, run_bench  # noqa: E402
+from obliviate.grid.extras import text_suite_available  # noqa: E402
 from obliviate.io import read_json  # noqa: E402
 
 SPLIT = "forget10"
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    import obliviate.bench.cell  # noqa: F401  (loaded once, as `obliviate bench` does before its first cell)
+    import obliviate.grid.cell  # noqa: F401  (loaded once, as `obliviate bench` does before its first cell)
 
     rows = []
     for preset in args.presets.split(","):

@@ -1,6 +1,6 @@
 """Regenerate docs/results.md: the leaderboard of the methods on a built-in world, over forget sizes and seeds.
 
-Runs the bench (`obliviate.bench.run_bench`, the code behind `obliviate bench`) into a bench
+Runs the bench (`obliviate.grid.run_bench`, the code behind `obliviate bench`) into a bench
 directory, then writes docs/results.md (the leaderboard as a Markdown table, with this command) and
 the forget-quality × model-utility trade-off plot next to it (docs/results_tradeoff.svg). The bench
 directory keeps finished cells, so a stopped run continues where it stopped when started again;
@@ -10,7 +10,7 @@ its report.html has every plot.
     python scripts/results_table.py --preset tiny --methods ga,graddiff --forget forget01 --seeds 1
     python scripts/results_table.py --figure-from-table     # redraw the figure from docs/results.md's means
 
-The figure is a ranked dot plot (`obliviate.bench.plots.ranked`): for each split, every method's forget
+The figure is a ranked dot plot (`obliviate.grid.plots.ranked`): for each split, every method's forget
 quality and model utility, ranked by forget quality, against the oracle's band and the target's line.
 """
 
@@ -42,12 +42,12 @@ def main() -> None:
     if args.figure_from_table:
         return redraw_from_table(args.out)
 
-    from obliviate.bench import build_leaderboard, run_bench
-    from obliviate.bench.leaderboard import to_markdown
-    from obliviate.bench.plots import ranked
-    from obliviate.bench.report import rows_by_split
-    from obliviate.bench.spec import BenchSpec, parse_methods, parse_seeds, parse_world_splits
     from obliviate.errors import ObliviateError
+    from obliviate.grid import build_leaderboard, run_bench
+    from obliviate.grid.leaderboard import to_markdown
+    from obliviate.grid.plots import ranked
+    from obliviate.grid.report import rows_by_split
+    from obliviate.grid.spec import BenchSpec, parse_methods, parse_seeds, parse_world_splits
     from obliviate.io import atomic_open
 
     try:
@@ -117,7 +117,7 @@ def rows_from_table(text: str) -> dict[str, list[dict]]:
 
 def redraw_from_table(markdown: Path) -> None:
     """Redraw docs/results_tradeoff.svg from the means in `markdown`'s table (no intervals: those need the bench)."""
-    from obliviate.bench.plots import ranked
+    from obliviate.grid.plots import ranked
     from obliviate.io import atomic_open
 
     svg = ranked(rows_from_table(markdown.read_text(encoding="utf-8")))
@@ -129,7 +129,7 @@ def redraw_from_table(markdown: Path) -> None:
 
 def _cell_time(bench_dir: Path, spec) -> str:
     """The summed wall time of the bench's finished cells (kept from earlier runs too)."""
-    from obliviate.bench.spec import RESULT, cell_state
+    from obliviate.grid.spec import RESULT, cell_state
     from obliviate.io import read_json
 
     seconds = sum(read_json(c.path(bench_dir) / RESULT).get("cell_seconds", 0.0) for c in spec.cells()

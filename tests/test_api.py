@@ -28,6 +28,19 @@ def test_top_level_exports_are_the_api_and_load_lazily():
         ob.no_such_thing  # noqa: B018
 
 
+def test_no_subpackage_shadows_an_api_name():
+    """Importing a submodule sets it as an attribute of the package, so no module may share an API name."""
+    import pkgutil
+
+    import obliviate
+
+    modules = {m.name for m in pkgutil.iter_modules(obliviate.__path__)}
+    assert not modules & set(ob.__all__), modules & set(ob.__all__)
+    for m in modules:
+        __import__(f"obliviate.{m}")
+    assert callable(ob.bench) and callable(ob.compare) and ob.bench.__module__ == "obliviate.api.studies"
+
+
 def test_lora_spec_round_trips_through_the_cli_parser():
     from obliviate.models.lora import parse_lora
 
@@ -113,5 +126,5 @@ def test_import_layers_hold_and_a_cli_import_from_bench_breaks_them(tmp_path):
     spec.write_text(spec.read_text(encoding="utf-8") + "\nimport obliviate.cli  # noqa\n", encoding="utf-8")
     broken = _lint_imports(tree)
     assert broken.returncode != 0
-    assert "obliviate.bench is not allowed to import obliviate.cli" in broken.stdout
-    assert "obliviate.bench.spec -> obliviate.cli" in broken.stdout
+    assert "obliviate.grid is not allowed to import obliviate.cli" in broken.stdout
+    assert "obliviate.grid.spec -> obliviate.cli" in broken.stdout

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from obliviate.bench import BenchSpec, build_leaderboard, run_bench, t_interval, write_leaderboard, write_report
-from obliviate.bench.spec import ANCHORS, COMPLETE, RESULT, Cell
 from obliviate.cli import main
+from obliviate.grid import BenchSpec, build_leaderboard, run_bench, t_interval, write_leaderboard, write_report
+from obliviate.grid.spec import ANCHORS, COMPLETE, RESULT, Cell
 from obliviate.io import read_json, write_json
 from obliviate.metrics.stats import seed_interval
 from tests.helpers import run_cli
@@ -160,7 +160,7 @@ def test_bench_report_is_self_contained_with_every_plot(tmp_path):
 
 
 def _row(model: str, fq: list[float], mu: list[float], kind: str = "method", attacks: dict | None = None) -> dict:
-    from obliviate.bench.leaderboard import COLUMN, summarize_column
+    from obliviate.grid.leaderboard import COLUMN, summarize_column
 
     return {"split": "forget10", "model": model, "kind": kind, "attacks": attacks or {},
             "metrics": {"forget_quality": summarize_column(COLUMN["forget_quality"], fq),
@@ -168,7 +168,7 @@ def _row(model: str, fq: list[float], mu: list[float], kind: str = "method", att
 
 
 def test_verdict_sentences_are_computed_from_the_numbers():
-    from obliviate.bench.verdict import pareto_front, verdict
+    from obliviate.grid.verdict import pareto_front, verdict
 
     rows = [_row("target", [1e-20, 1e-18], [0.95, 0.96], "anchor"), _row("oracle", [1.0, 1.0], [0.90, 0.92], "anchor"),
             _row("npo", [0.4, 0.2], [0.91, 0.905], attacks={"relearn": {"mean": 0.5}}),
@@ -210,7 +210,7 @@ def test_a_second_bench_in_the_same_directory_is_refused(tmp_path, monkeypatch):
     from obliviate.errors import ConfigError
 
     spec = make_bench(tmp_path)
-    monkeypatch.setattr("obliviate.bench.runner.LOCK_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr("obliviate.grid.runner.LOCK_WAIT_SECONDS", 0.0)
     with open(tmp_path / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a running bench holds it
         with pytest.raises(ConfigError, match="another bench is running in this directory"):
@@ -245,7 +245,7 @@ def test_attacks_unavailable_is_one_line(tmp_path, monkeypatch, capsys):
             raise ImportError(name)
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr("obliviate.bench.extras.importlib.import_module", without_attacks)
+    monkeypatch.setattr("obliviate.grid.extras.importlib.import_module", without_attacks)
     code, _, err = run_cli(["bench", "--methods", "ga", "--attacks", "all", "--out", str(tmp_path / "b")],
                            monkeypatch, capsys)
     assert code == 2 and "robustness attacks (obliviate.attacks) are not available" in err
@@ -406,7 +406,7 @@ def test_reports_render_in_headless_chromium(real_bench, tmp_path):
 
 
 def test_all_methods_leaves_out_moe_only_methods_off_moe_worlds():
-    from obliviate.bench.spec import parse_methods
+    from obliviate.grid.spec import parse_methods
     from obliviate.methods import METHODS
 
     assert "uoe" not in parse_methods("all") and len(parse_methods("all")) == len(METHODS) - 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from obliviate.compare import aggregate_runs, compare_runs, holm, paired_test, world_seed_spec
+from obliviate.comparison import aggregate_runs, compare_runs, holm, paired_test, world_seed_spec
 from obliviate.errors import ObliviateError
 from tests.helpers import run_cli
 

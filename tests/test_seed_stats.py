@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from obliviate.compare import aggregate_runs
+from obliviate.comparison import aggregate_runs
 from obliviate.io import write_json
 from obliviate.metrics.stats import SEED_SCALES, seed_interval, seed_scale
 

@@ -36,9 +36,9 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
         board = ob.bench(["ga", "npo"], world="tiny", seeds=2, out="bench/b1")
         board.to_pandas()
     """
-    from obliviate.bench.extras import parse_attacks
-    from obliviate.bench.runner import run_bench
-    from obliviate.bench.spec import (
+    from obliviate.grid.extras import parse_attacks
+    from obliviate.grid.runner import run_bench
+    from obliviate.grid.spec import (
         BenchSpec,
         parse_forget_files,
         parse_methods,
@@ -88,9 +88,9 @@ def _bench_data(names: list[str], data: str, *, out, forget, seeds, attacks, mod
                 utility, overrides, jobs, threads, max_retain, generate, keep_models, redo_stale, report, progress,
                 log, report_to) -> BenchResult:
     """`bench(data=SPEC)`: one split, the benchmark's, read and checked before any cell runs."""
-    from obliviate.bench.extras import parse_attacks
-    from obliviate.bench.runner import run_bench
-    from obliviate.bench.spec import BenchSpec, parse_seeds, scope_overrides
+    from obliviate.grid.extras import parse_attacks
+    from obliviate.grid.runner import run_bench
+    from obliviate.grid.spec import BenchSpec, parse_seeds, scope_overrides
     from obliviate.workflow import data as specs
 
     if model is None:
@@ -135,7 +135,7 @@ def compare(run_a: str | Path | Run, run_b: str | Path | Run, *, metrics: Sequen
 
         result = ob.compare("runs/gd", "runs/npo", metrics=["forget/*"])
     """
-    from obliviate.compare import compare_runs
+    from obliviate.comparison import compare_runs
 
     if n_boot < 1 or not 0 < alpha < 1:
         raise ConfigError("need --n-boot >= 1 and 0 < --alpha < 1")
@@ -152,7 +152,7 @@ def seeds(model: str | None = None, *, runs: Sequence[str | Path] | None = None,
         summary = ob.seeds("world:tiny", method="graddiff", n=2, out="runs/seeds")
         summary["metrics"]["model_utility"]["mean"]
     """
-    from obliviate.compare import aggregate_runs, run_seeds
+    from obliviate.comparison import aggregate_runs, run_seeds
     from obliviate.io import write_json
     from obliviate.workflow import parse_world_spec
 

@@ -196,7 +196,7 @@ class BenchResult:
     @classmethod
     def load(cls, path: str | Path) -> BenchResult:
         """Read a bench directory's leaderboard from its complete cells."""
-        from obliviate.bench.leaderboard import build_leaderboard
+        from obliviate.grid.leaderboard import build_leaderboard
 
         return cls(Path(path), build_leaderboard(Path(path)))
 

@@ -80,7 +80,7 @@ def _name_path(spec: str) -> tuple[str, str]:
 
 
 def _print_summary(outcome) -> None:
-    from obliviate.bench.leaderboard import COLUMN, cell_text
+    from obliviate.grid.leaderboard import COLUMN, cell_text
 
     board = outcome.leaderboard
     keys = [k for k in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "privleak", "verbmem_forget",
@@ -107,7 +107,7 @@ def report_cmd(
     out: Annotated[Path | None, typer.Option(help="where to write the HTML (default: PATH/report.html)")] = None,
 ) -> None:
     """Write report.html: one self-contained page with the plots, tables and provenance."""
-    from obliviate.bench import write_report
+    from obliviate.grid import write_report
 
     if not path.is_dir():
         raise ConfigError(f"{path}: no such directory")

@@ -90,7 +90,7 @@ def compare(
 # -- seeds -----------------------------------------------------------------------------------------------
 
 def seeds_table(summary: dict[str, Any]) -> Table:
-    from obliviate.compare import HEADLINE
+    from obliviate.comparison import HEADLINE
 
     labels = dict(HEADLINE)
     metrics = summary["metrics"]

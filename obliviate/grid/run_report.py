@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from obliviate.bench import plots
-from obliviate.bench.report import esc, figure, page, pre, table
+from obliviate.grid import plots
+from obliviate.grid.report import esc, figure, page, pre, table
 from obliviate.io import atomic_open, read_json, read_jsonl
 
 # (aggregate key, label) of the headline table and bars.
@@ -118,7 +118,7 @@ def _world_context(ctx: RunContext, config: dict[str, Any], results: dict[str, A
         ctx.notes.append("The world's target or oracle is not in the model cache; build it with "
                          f"`obliviate world build --preset {ref.preset} --seed {ref.seed} --split {ref.split}`.")
         return
-    from obliviate.bench.cell import with_self_forget_quality
+    from obliviate.grid.cell import with_self_forget_quality
 
     oracle_eval = cached_world_eval(ref, "oracle", models.oracle, sets)
     oracle_tr = oracle_eval["_forget_truth_ratios"]
@@ -172,7 +172,7 @@ def _tradeoff(columns: dict[str, dict], name: str, config: dict[str, Any]) -> st
 
 
 def _agg_text(a: dict[str, Any] | None) -> tuple[str, float | None]:
-    from obliviate.bench.leaderboard import fmt
+    from obliviate.grid.leaderboard import fmt
 
     if not a:
         return "—", None
@@ -210,7 +210,7 @@ def _train_panels(run_dir: Path) -> list[dict[str, Any]]:
 
 def _attack_section(run_dir: Path) -> str:
     """attacks.json (written by `obliviate attack` or `bench --attacks`): recovery per attack, relearn curve."""
-    from obliviate.bench.report import relearn_panel
+    from obliviate.grid.report import relearn_panel
 
     path = run_dir / "attacks.json"
     if not path.is_file():
@@ -229,7 +229,7 @@ def _attack_section(run_dir: Path) -> str:
             f'{esc(_fmt(summary.get("harmonic_mean")))}. {esc(summary.get("definition", ""))}</p>')
     extra = ((data.get("attacks") or {}).get("relearn") or {}).get("extra") or {}
     if extra:
-        from obliviate.bench.extras import relearn_curve
+        from obliviate.grid.extras import relearn_curve
 
         panel = relearn_panel(relearn_curve(extra), "relearn")
         out += figure(plots.curves([panel], "relearn"), "relearn",
@@ -238,7 +238,7 @@ def _attack_section(run_dir: Path) -> str:
 
 
 def _fmt(value: Any) -> str:
-    from obliviate.bench.leaderboard import fmt
+    from obliviate.grid.leaderboard import fmt
 
     return fmt(value) if isinstance(value, (int, float)) else "—"
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from obliviate.bench import plots
-from obliviate.bench.spec import BENCH_FILE, ERROR, RESULT, cell_state, load_spec
 from obliviate.errors import ObliviateError
+from obliviate.grid import plots
+from obliviate.grid.spec import BENCH_FILE, ERROR, RESULT, cell_state, load_spec
 from obliviate.io import atomic_open, read_json
 
 PROTOCOL_FILES = ("scalability.json", "sustainability.json")
@@ -152,7 +152,7 @@ def write_report(path: str | Path, out: Path | None = None) -> Path:
     if (path / BENCH_FILE).is_file():
         return write_bench_report(path, out)
     if (path / "results.json").is_file():
-        from obliviate.bench.run_report import write_run_report
+        from obliviate.grid.run_report import write_run_report
 
         return write_run_report(path, out)
     if any((path / name).is_file() for name in PROTOCOL_FILES):
@@ -174,7 +174,7 @@ def rows_by_split(board: dict[str, Any]) -> dict[str, list[dict]]:
 
 
 def write_bench_report(root: Path, out: Path | None = None) -> Path:
-    from obliviate.bench.leaderboard import COLUMN, build_leaderboard, cell_text
+    from obliviate.grid.leaderboard import COLUMN, build_leaderboard, cell_text
 
     root = Path(root)
     board = build_leaderboard(root)
@@ -226,7 +226,7 @@ def write_bench_report(root: Path, out: Path | None = None) -> Path:
 
 
 def _verdict_section(board: dict[str, Any]) -> str:
-    from obliviate.bench.verdict import ALPHA, verdict
+    from obliviate.grid.verdict import ALPHA, verdict
 
     out = ""
     for split, sentences in verdict(board).items():

@@ -30,9 +30,9 @@ import obliviate.methods  # noqa: F401
 import obliviate.workflow.unlearning  # noqa: F401  (the unlearn workflow)
 from obliviate import metrics as M
 from obliviate import tracking
-from obliviate.bench import extras
-from obliviate.bench.spec import COMPLETE, ERROR, RESULT, BenchSpec, Cell
 from obliviate.errors import ObliviateError
+from obliviate.grid import extras
+from obliviate.grid.spec import COMPLETE, ERROR, RESULT, BenchSpec, Cell
 from obliviate.io import read_json, write_json
 from obliviate.workflow import EvalSets
 
@@ -294,7 +294,7 @@ def run_method(spec: BenchSpec, cell: Cell, path: Path) -> dict[str, Any]:
 
 
 def _anchors_result(spec: BenchSpec, cell: Cell, path: Path) -> dict[str, Any]:
-    from obliviate.bench.spec import cell_state
+    from obliviate.grid.spec import cell_state
 
     root = path.parents[3]
     anchor = spec.anchor_of(cell)

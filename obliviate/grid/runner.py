@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from obliviate.bench.spec import BENCH_FILE, ERROR, BenchSpec, Cell, cell_state
 from obliviate.errors import ConfigError
+from obliviate.grid.spec import BENCH_FILE, ERROR, BenchSpec, Cell, cell_state
 from obliviate.io import read_json, write_json
 
 POLL_SECONDS = 0.2
@@ -99,7 +99,7 @@ def run_bench(spec: BenchSpec, root: Path, jobs: int = 1, progress: bool = True,
     root.mkdir(parents=True, exist_ok=True)
     with _exclusive(root):
         _write_bench_file(spec, root)
-        import obliviate.bench.cell  # noqa: F401  (torch, transformers, the methods: loaded once, before forking)
+        import obliviate.grid.cell  # noqa: F401  (torch, transformers, the methods: loaded once, before forking)
 
         t0 = time.perf_counter()
         outcome = BenchOutcome(root, len(cells), kept=sum(s == "complete" for s in states.values()))
@@ -136,11 +136,11 @@ def _exclusive(root: Path) -> Iterator[None]:
 
 def finish(root: Path, report: bool = True) -> dict[str, Path]:
     """Write the leaderboard files (and the report) from whatever cells are complete."""
-    from obliviate.bench.leaderboard import build_leaderboard, write_leaderboard
+    from obliviate.grid.leaderboard import build_leaderboard, write_leaderboard
 
     files = write_leaderboard(build_leaderboard(root), root)
     if report:
-        from obliviate.bench.report import write_bench_report
+        from obliviate.grid.report import write_bench_report
 
         files["report"] = write_bench_report(root)
     return files
@@ -217,7 +217,7 @@ class _Scheduler:
         return True if cell_state(self.spec, anchor, self.root) == "complete" else None
 
     def _start_ready(self, ctx) -> None:
-        from obliviate.bench.cell import run_cell
+        from obliviate.grid.cell import run_cell
 
         for cell in list(self.waiting):
             if len(self.running) >= self.jobs:

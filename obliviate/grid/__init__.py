@@ -5,10 +5,10 @@
     write_report(Path("bench/demo"))                   # or a run directory, or a protocol directory
 """
 
-from obliviate.bench.leaderboard import build_leaderboard, t_interval, write_leaderboard
-from obliviate.bench.report import write_report
-from obliviate.bench.runner import BenchOutcome, run_bench
-from obliviate.bench.spec import BenchSpec, Cell
+from obliviate.grid.leaderboard import build_leaderboard, t_interval, write_leaderboard
+from obliviate.grid.report import write_report
+from obliviate.grid.runner import BenchOutcome, run_bench
+from obliviate.grid.spec import BenchSpec, Cell
 
 __all__ = ["BenchOutcome", "BenchSpec", "Cell", "build_leaderboard", "run_bench", "t_interval",
            "write_leaderboard", "write_report"]

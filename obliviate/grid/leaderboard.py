@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from obliviate.bench.spec import RESULT, BenchSpec, cell_state, load_spec
+from obliviate.grid.spec import RESULT, BenchSpec, cell_state, load_spec
 from obliviate.io import atomic_open, read_json, write_json
 from obliviate.metrics.stats import SEED_CI_METHOD, SEED_CONFIDENCE, seed_interval
 
