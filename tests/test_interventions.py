@@ -91,7 +91,9 @@ def _configs():
         "eco": ECO(ECOConfig(embedder="hashing", threshold=0.5, target="prompt", corruption="rand_noise_top_k",
                              dims=4, strength=1.0, zo_steps=4, zo_lr=30.0, target_probability=0.3)),
         "guard": GUARD(GUARDConfig(embedder="hashing", threshold=0.5)),
-        "uld": ULD(ULDConfig(n_layers=1, epochs=30, lr=1e-2, batch_size=4, grad_accum=1)),
+        # r = 0.05: on a 300-token vocabulary r = 0.01 keeps as few as ⌊rV⌋ = 3 tokens (ULD's 32k keep 320),
+        # and the filter masks the rest, so the assistant could only reorder those three.
+        "uld": ULD(ULDConfig(n_layers=1, epochs=30, lr=1e-2, batch_size=4, grad_accum=1, filter_ratio=0.05)),
     }
 
 
@@ -463,7 +465,9 @@ def test_uld_logits_and_losses_match_direct_computations(toy):
     logp = target.log_softmax(-1)
     kth = logp.sort(-1, descending=True).values[..., 1:2]  # ⌊0.01·200⌋ = 2nd largest
     keep = logp >= torch.minimum(kth, logp.max(-1, keepdim=True).values + math.log(0.01))
-    torch.testing.assert_close(got, target - 0.8 * assistant * keep)
+    torch.testing.assert_close(got[keep], (target - 0.8 * assistant)[keep])
+    best = (target - 0.8 * assistant).masked_fill(~keep, -math.inf).amax(-1, keepdim=True)
+    torch.testing.assert_close(got[~keep], (best - 1e3).expand_as(got)[~keep])  # dropped tokens masked
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     u = torch.full((200,), 1 / 200)
     kl = [float((u * (u.log() - target[b, t].log_softmax(-1))).sum()) for b in range(2) for t in range(3) if mask[b, t]]
@@ -472,6 +476,20 @@ def test_uld_logits_and_losses_match_direct_computations(toy):
     asst = truncated_model(model, 1)
     assert asst.model.layers[0] is model.model.layers[0] and asst.lm_head is model.lm_head
     assert sum(p.numel() for p in asst.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_uld_masks_tokens_its_filter_drops_so_they_never_win():
+    # One plausible token (target logit 5) and 99 implausible ones (0, log-prob 5 below): the filter
+    # keeps token 0 only. An assistant logit offset of 8 everywhere lowers token 0 to 5 − 0.8·8 = −1.4;
+    # left unmasked, a dropped token (raw target logit 0) would win the argmax.
+    target = torch.zeros(1, 100)
+    target[0, 0] = 5.0
+    assistant = torch.full((1, 100), 8.0)
+    got = combine_logits(target, assistant, -0.8, 0.01)
+    assert int(got.argmax(-1)) == 0
+    assert float(got[0, 0]) == pytest.approx(5.0 - 0.8 * 8.0)
+    logp = got.log_softmax(-1)
+    assert torch.isfinite(logp).all() and float(logp[0, 0]) == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("make", [make_tiny_llama, make_tiny_gpt2])
