@@ -22,7 +22,7 @@ from obliviate.errors import ObliviateError
 from obliviate.evals.qa import run_qa_suite
 from obliviate.interventions import load_intervention
 from obliviate.interventions.classifier import PromptClassifier, conformal_threshold
-from obliviate.interventions.corruption import corrupt
+from obliviate.interventions.corruption import EmbeddingCorruption, corrupt
 from obliviate.interventions.logit_diff import LogitDifference, combine_logits, decoder_layers, truncated_model
 from obliviate.interventions.prefix_kinds import InContextPrefix, SoftPrompt
 from obliviate.interventions.regions import find_regions, prompt_marker
@@ -201,6 +201,12 @@ def test_every_intervention_agrees_across_scoring_paths_and_with_its_own_generat
     prompts, conts = _prompts(tok), _conts(tok)
     shared = score_continuations(wrapped, prompts, conts, batch_size=3)
     assert _max_diff(shared, score_continuations(wrapped, prompts, conts, batch_size=3, share_prompt=False)) < 1e-4
+    if getattr(wrapped.intervention, "corrupt_answers", False):
+        # ECO scores with the answer corrupted too, which generation never sees; its prompt-only form
+        # corrupts exactly what generation does.
+        variant = wrapped.intervention.with_strength(wrapped.intervention.strength)
+        variant.corrupt_answers = False
+        wrapped = variant.wrap(model, tok)
     # Greedy generation (cache path) must be the argmax of teacher-forced scoring, token by token.
     gens = [wrapped.generate(input_ids=torch.tensor([p]), max_new_tokens=6, pad_token_id=0)[0, len(p):].tolist()
             for p in prompts]
@@ -352,6 +358,44 @@ def test_eco_corrupts_flagged_prompts_only_and_zeroth_order_descent_lowers_its_o
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and rows[-1]["objective"] < rows[0]["objective"] / 2
     assert summary["sigma"] > 1.0  # the forget probability was above the target: σ grew
+
+
+@pytest.mark.parametrize("corrupt_answers", [True, False])
+@pytest.mark.parametrize("question", ["Where was Mara Lind born?", "Where was Bob born?"])
+def test_eco_corrupts_the_answer_too_when_scoring_as_its_evaluator_does(toy, built, corrupt_answers, question):
+    """ECO's evaluator corrupts the entity tokens of prompt and answer (every token but the last
+    without one); `corrupt_answers=False` corrupts the prompt only."""
+    model, tok = toy
+    detector = built["eco"][0].intervention.detector
+    subject = tok(" Mara Lind", add_special_tokens=False)["input_ids"]
+    kwargs = {} if corrupt_answers else {"corrupt_answers": False}  # the default is ECO's behaviour
+    eco = EmbeddingCorruption(detector, "flip_sign_top_k", 0.0, 4, 1.0, [subject], skip_ids=tok.all_special_ids,
+                              **kwargs)
+    eco.detector = type("FlagAll", (), {"state": lambda self: detector.state(),  # every prompt is flagged
+                                        "flags": lambda self, t, ids, mask: (
+        [True] * len(ids), find_regions(ids, mask, prompt_marker(t, DEFAULT_FORMAT)), None)})()
+    prompt = encode_prompt(tok, DEFAULT_FORMAT.render(question))
+    answer = tok(" Mara Lind was born in Oslo.", add_special_tokens=False)["input_ids"]
+    seq, n = prompt + answer, len(prompt)
+    hits = lambda lo, hi: {i + j for i in range(lo, hi - len(subject) + 1)  # noqa: E731
+                           if seq[i : i + len(subject)] == subject for j in range(len(subject))}
+    in_prompt = hits(1, n)
+    if corrupt_answers:
+        chosen = in_prompt | hits(n, len(seq)) if in_prompt else set(range(1, len(seq) - 1))
+    else:
+        chosen = in_prompt or set(range(1, n - 1))
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(torch.tensor([seq]))[0]
+        pos = torch.tensor(sorted(chosen))
+        emb[pos] = corrupt(emb[pos], "flip_sign_top_k", 4, 0.0, None)
+        logp = model(inputs_embeds=emb[None]).logits[0].log_softmax(-1)
+    expected = logp[n - 1 : -1].gather(-1, torch.tensor(answer)[:, None])[:, 0].numpy()
+    wrapped = eco.wrap(model, tok)
+    for share in (False, True):
+        got = score_continuations(wrapped, [prompt], [[answer]], share_prompt=share)[0][0].logprobs
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert wrapped.shares_prompt_cache is not corrupt_answers
+    assert EmbeddingCorruption.from_state(eco.state_config(), {}, model, tok).corrupt_answers is corrupt_answers
 
 
 def test_corruptions_match_their_definitions():
