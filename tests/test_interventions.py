@@ -27,6 +27,7 @@ from obliviate.interventions.logit_diff import LogitDifference, combine_logits, 
 from obliviate.interventions.prefix_kinds import InContextPrefix, SoftPrompt
 from obliviate.interventions.regions import find_regions, prompt_marker
 from obliviate.interventions.restricted import GuardLogitsProcessor, RestrictedDecoding
+from obliviate.methods import get_method
 from obliviate.methods.eco import ECO, ECOConfig
 from obliviate.methods.guard import GUARD, GUARDConfig, forbidden_terms
 from obliviate.methods.icul import ICUL, ICULConfig, PromptBaseline, icul_context, join_subjects
@@ -83,11 +84,20 @@ def toy():
     return _train_toy()
 
 
+def _variant(name: str, **values):
+    """The labelled variant `name` (`spul+gate`) with `values` set."""
+    cls = get_method(name)
+    return cls(cls.Config(**values))
+
+
 def _configs():
     return {
         "spul": SPUL(SPULConfig(num_tokens=4, lr=3e-3, epochs=30, batch_size=7)),
+        "spul+gate": _variant("spul+gate", num_tokens=4, lr=3e-3, epochs=30, batch_size=7),
         "icul": ICUL(ICULConfig(n_correct=2)),
+        "icul+gate": _variant("icul+gate", n_correct=2),
         "prompt": PromptBaseline(),
+        "prompt+gate": _variant("prompt+gate"),
         "eco": ECO(ECOConfig(embedder="hashing", threshold=0.5, target="prompt", corruption="rand_noise_top_k",
                              dims=4, strength=1.0, zo_steps=4, zo_lr=30.0, target_probability=0.3)),
         "guard": GUARD(GUARDConfig(embedder="hashing", threshold=0.5)),
@@ -109,7 +119,7 @@ def built(toy, tmp_path_factory):
     return out
 
 
-METHODS = ["spul", "icul", "prompt", "eco", "guard", "uld"]
+METHODS = ["spul", "spul+gate", "icul", "icul+gate", "prompt", "prompt+gate", "eco", "guard", "uld"]
 
 
 def _probs(model, tok, items) -> np.ndarray:
@@ -269,6 +279,21 @@ def test_spul_trains_only_the_prompt_and_makes_refusals_likelier(toy, built):
     wrapped = method.intervention.wrap(model, tok)
     nll = lambda m, items: np.mean([s["answer"].mean_nll for s in score_qa(m, tok, items, fields=("answer",))])  # noqa: E731
     assert nll(wrapped, refusals) < nll(model, refusals) - 1.0
+
+
+@pytest.mark.parametrize("name", ["spul", "icul", "prompt"])
+def test_prefix_methods_prepend_to_every_prompt_as_the_papers_and_gate_only_as_a_labelled_variant(toy, built, name):
+    model, tok = toy
+    paper, gated = built[name], built[f"{name}+gate"]
+    assert paper[0].config.gate == "none" and paper[1]["gate"] == "none" and "classifier" not in paper[1]
+    assert gated[0].config.gate == "classifier" and gated[1]["gate"] == "classifier" and "classifier" in gated[1]
+    assert type(paper[0]).label(paper[0].config) == name and type(gated[0]).label(gated[0].config) == f"{name}+gate"
+    # Ungated, the prefix changes retain answers too; gated, unflagged retain prompts run the bare model.
+    bare = _probs(model, tok, RETAIN)
+    assert not np.allclose(_probs(paper[0].intervention.wrap(model, tok), tok, RETAIN), bare)
+    flagged = gated[0].intervention.detector.flags_items(tok, RETAIN, DEFAULT_FORMAT)
+    kept = [i for i, f in enumerate(flagged) if not f]  # on these few items the gate may flag them all
+    np.testing.assert_allclose(_probs(gated[0].intervention.wrap(model, tok), tok, RETAIN)[kept], bare[kept])
 
 
 def test_spul_loss_matches_a_direct_computation():

@@ -91,3 +91,30 @@ def test_divergence_guard_stops_on_nan_and_retain_rise(tiny_llama, tiny_tokenize
     cfg = build_config(cls.Config, {"lr": 0.5, "alpha": 0.0, "batch_size": 2, "epochs": 20, "retain_rise_limit": 1.5})
     with pytest.raises(DivergenceError, match="retain loss rose"):
         cls(cfg).unlearn(tiny_llama, tiny_tokenizer, FORGET, RETAIN, tmp_path / "rise", progress=False)
+
+
+def test_papers_names_keep_the_papers_defaults_and_departures_are_labelled_variants():
+    from obliviate.bench.leaderboard import display_name
+    from obliviate.bench.spec import BenchSpec
+    from obliviate.methods import label_for_overrides, method_label
+
+    for name in ("spul", "icul", "prompt"):
+        assert get_method(name).Config().gate == "none"  # the papers prepend to every prompt
+        variant = get_method(f"{name}+gate")
+        assert f"{name}+gate" in METHODS and variant is METHODS[f"{name}+gate"]
+        assert variant.name == f"{name}+gate" and variant.variant_of == name and issubclass(variant, get_method(name))
+        assert variant.Config().gate == "classifier"
+        assert variant.Config.model_fields["gate"].description == get_method(name).Config.model_fields[
+            "gate"].description
+        # However the gate was set, a run is reported under the variant's name.
+        assert label_for_overrides(name, ["gate=classifier"]) == f"{name}+gate"
+        assert label_for_overrides(f"{name}+gate", ["gate=none"]) == name
+    assert get_method("eco").Config().corrupt_answers and "eco+prompt-only" not in METHODS
+    assert get_method("eco+prompt-only").Config().corrupt_answers is False
+    assert method_label("eco", {"corrupt_answers": False}) == "eco+prompt-only"
+    assert method_label("ga", {"lr": 1.0}) == "ga"
+    with pytest.raises(ConfigError, match="did you mean 'spul\\+gate'"):
+        get_method("spul+gat")
+    spec = BenchSpec(methods=["spul", "icul"], splits=["forget01"], seeds=[0],
+                     overrides={"spul": ["gate=classifier"]})
+    assert display_name(spec, "spul") == "spul+gate" and display_name(spec, "icul") == "icul"

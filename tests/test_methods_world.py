@@ -131,7 +131,8 @@ def rouge1_recall(answer: str, generation: str) -> float:
 
 # The methods each test below runs; `uoe` needs a mixture-of-experts world (tests/test_uoe.py).
 COVERED = {"ga", "graddiff", "kl", "npo", "simnpo", "idk_sft", "snap", "idk_dpo", "flat", "random_label", "rmu",
-           "whp", "ssd", "task_vector", "eco", "guard", "spul", "icul", "prompt", "uld"}
+           "whp", "ssd", "task_vector", "eco", "guard", "spul", "icul", "prompt", "uld",
+           "spul+gate", "icul+gate", "prompt+gate"}
 
 
 def test_every_registered_method_has_a_world_test():
@@ -408,7 +409,15 @@ def test_classifier_flags_forget_prompts(world, target, tmp_path, name):
     assert flagged_forget > 0.5 and flagged_retain < 0.05, (flagged_forget, flagged_retain)
 
 
-@pytest.mark.parametrize("name", ["spul", "icul", "prompt", "uld"])
+@pytest.mark.parametrize("name", ["spul", "icul", "prompt"])
+def test_ungated_prefix_methods_lower_the_forget_probability(world, target, tmp_path, name):
+    """The papers' form prepends to every prompt: on the world's models, trained only on documents
+    that start at the BOS, any prefix also damages retain answers (docs/methods.md, *Gate*)."""
+    _, model = unlearn(world, name, tmp_path)
+    check_forgets(scores(model, world), target)
+
+
+@pytest.mark.parametrize("name", ["spul+gate", "icul+gate", "prompt+gate", "uld"])
 def test_forget_probability_falls_more_than_retain(world, target, tmp_path, name):
     _, model = unlearn(world, name, tmp_path)
     after = scores(model, world)

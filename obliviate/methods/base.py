@@ -7,11 +7,20 @@ Two kinds of method, one result (see the architecture guide):
 A fine-tuning method is one small class: a `Config` (pydantic, help text on every field, paper
 defaults) and one hook, `compute_loss(model, batch)`. Everything else (optimiser, schedule,
 accumulation, checkpoints, resume, progress, divergence guard) lives in `obliviate.train.loop`.
+
+**Labelled variants.** A method's name stands for the paper's behaviour, and its defaults are the
+paper's. A departure that changes the numbers is declared in `variants` (suffix -> the config
+values that make it) and is reported under its own name, the method's name plus `+suffix`
+(`spul+gate`): `get_method("spul+gate")` is the method with those values as defaults, and
+`label(config)` names any config, however it was set (`--set gate=classifier` on `spul` is
+reported as `spul+gate`).
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,9 +79,53 @@ class Method(ABC):
     accepts_text: ClassVar[bool] = False
     # the paper's defaults for 7B-scale models; the config's own defaults are the world's (methods/defaults.py)
     paper_defaults: ClassVar[dict[str, Any]] = {}
+    # Labelled departures from the paper: suffix -> {config field: value} (module docstring).
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    variant_of: ClassVar[str | None] = None  # the paper's method name, on a variant class
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def label(cls, config: MethodConfig | Mapping[str, Any]) -> str:
+        """The name a run with `config` is reported under: the method's, plus `+suffix` for each
+        labelled variant whose values the config holds."""
+        get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
+        missing = object()
+        suffixes = [suffix for suffix, values in cls.variants.items()
+                    if all(get(k, missing) == v for k, v in values.items())]
+        return VARIANT_SEP.join([cls.variant_of or cls.name, *suffixes])
+
+    @classmethod
+    def variant(cls, suffixes: list[str]) -> type[Method]:
+        """This method with the config values of the labelled variants `suffixes` as its defaults."""
+        if cls.variant_of is not None:
+            raise ValueError(f"{cls.name} is already a variant")
+        unknown = [s for s in suffixes if s not in cls.variants]
+        if unknown or not suffixes or len(set(suffixes)) != len(suffixes):
+            raise KeyError(unknown or suffixes)
+        ordered = [s for s in cls.variants if s in suffixes]
+        values = {k: v for s in ordered for k, v in cls.variants[s].items()}
+        name = VARIANT_SEP.join([cls.name, *ordered])
+        summary = f"{cls.summary} (variant: {', '.join(f'{k}={v}' for k, v in values.items())})"
+        return type(cls.__name__, (cls,), {"name": name, "variant_of": cls.name, "summary": summary,
+                                           "Config": config_with_defaults(cls.Config, values),
+                                           "__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+VARIANT_SEP = "+"
+
+
+def config_with_defaults(config: type[MethodConfig], values: dict[str, Any]) -> type[MethodConfig]:
+    """A subclass of `config` whose fields in `values` default to those values (help text kept)."""
+    from pydantic import create_model
+
+    fields = {}
+    for key, value in values.items():
+        info = copy.copy(config.model_fields[key])
+        info.default = value
+        fields[key] = (info.annotation, info)
+    return create_model(config.__name__, __base__=config, __module__=config.__module__, **fields)
 
     @abstractmethod
     def unlearn(

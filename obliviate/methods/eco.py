@@ -80,9 +80,10 @@ class DetectorConfig(MethodConfig):
 class GateConfig(DetectorConfig):
     """A prefix method's gate: the same prompt classifier decides which prompts get the prefix."""
 
-    gate: Literal["classifier", "none"] = Field(
-        "classifier", description="'classifier': add the prefix only to prompts the forget-prompt classifier "
-        "flags, as ECO and GUARD gate their interventions; 'none': to every prompt, as in the paper")
+    gate: Literal["none", "classifier"] = Field(
+        "none", description="'none': add the prefix to every prompt, as in the paper; 'classifier': only to "
+        "prompts the forget-prompt classifier flags, as ECO and GUARD gate their interventions (this project's "
+        "variant, reported as METHOD+gate)")
 
 
 def forget_probability(wrapped, tokenizer, forget) -> float:
@@ -131,6 +132,7 @@ class ECO(InterventionMethod):
     summary = "flag forget prompts with a classifier; corrupt their embeddings, σ tuned by zeroth-order descent"
     Config = ECOConfig
     uses_retain = True
+    variants = {"prompt-only": {"corrupt_answers": False}}
 
     def build(self, model, tokenizer, forget, retain, out_dir, progress, resume):
         cfg = self.config
