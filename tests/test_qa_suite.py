@@ -77,3 +77,25 @@ def test_item_rows_cover_every_set(result):
     assert {r["set"] for r in rows} == {"forget", "retain", "facts", "holdout"}
     assert sum(r["set"] == "forget" for r in rows) == len(FORGET)
     assert all("generation" in r for r in rows if r["set"] == "forget")
+
+
+def test_model_utility_ci_resamples_the_items_of_a_set_jointly():
+    """An item's probability, ROUGE and truth ratio move together in a replicate: with three equal
+    components the utility of every replicate is the mean of one resample, so the CI is that mean's
+    bootstrap CI. Resampling each component on its own would average three independent draws and
+    narrow it by about √3."""
+    from obliviate.evals.qa import N_BOOT, _model_utility
+
+    x = np.random.default_rng(1).choice([0.2, 1.0], size=60)
+    got = _model_utility({f"retain/{m}": x for m in ("probability", "rouge", "truth_ratio")})
+    assert got["value"] == pytest.approx(x.mean()) and got["n"] == 3
+    rng = np.random.default_rng(7)
+    means = [x[rng.integers(0, len(x), len(x))].mean() for _ in range(N_BOOT)]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert got["ci_high"] - got["ci_low"] == pytest.approx(hi - lo, rel=0.15)
+    # Two sets are drawn independently of each other; NaN items are left out of their component.
+    y = x.copy()
+    y[:5] = np.nan
+    two = _model_utility({"retain/probability": x, "retain/truth_ratio": y, "facts/probability": x[::-1]})
+    assert two["ci_low"] <= two["value"] <= two["ci_high"] and two["components"] == [
+        "facts/probability", "retain/probability", "retain/truth_ratio"]

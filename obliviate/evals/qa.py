@@ -19,7 +19,9 @@ Across sets:
 - **membership inference** when a holdout (never-trained) set is given: LOSS, zlib, Min-K% and
   Min-K%++ AUCs with forget = members, holdout = non-members, plus TPR at 1% FPR.
 
-Every mean carries a 95% bootstrap CI; model utility's CI resamples every component's items.
+Every mean carries a 95% bootstrap CI. Model utility's CI resamples items jointly within each set:
+one draw of a set's items per replicate serves its probability, ROUGE and truth ratio, so that the
+three numbers of one item move together; the sets are drawn independently of one another.
 Scoring (models/) is separate from the metrics (metrics/), which are pure functions of the arrays
 computed here, so saved per-item values of an oracle can stand in for the oracle model.
 """
@@ -178,19 +180,38 @@ def _utility_components(sets: Sequence[SetScores]) -> dict[str, np.ndarray]:
     return comps
 
 
+def _nanmean(values: np.ndarray) -> float:
+    """Mean over the non-NaN values (NaN when there are none)."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else float("nan")
+
+
 def _model_utility(comps: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
-    """Harmonic mean of the component means, with a bootstrap CI that resamples each component."""
-    clean = {k: v[~np.isnan(v)] for k, v in comps.items()}
-    clean = {k: v for k, v in clean.items() if v.size}  # no truth ratio on sets without perturbed answers (RWKU)
-    value = M.model_utility({k: float(v.mean()) for k, v in clean.items()})
+    """Harmonic mean of the component means ("SET/metric" -> per-item values), with a bootstrap CI
+    that resamples the items of each set jointly across its components (module docstring). A component
+    with no value at all (no truth ratio on sets without perturbed answers, RWKU) is left out."""
+    comps = {k: np.asarray(v, dtype=float) for k, v in comps.items()}
+    names = sorted(k for k, v in comps.items() if (~np.isnan(v)).any())
+    value = M.model_utility({k: _nanmean(comps[k]) for k in names})
+    by_set: dict[str, list[str]] = {}
+    for key in names:
+        by_set.setdefault(key.rpartition("/")[0], []).append(key)
+    for keys in by_set.values():
+        if len({len(comps[k]) for k in keys}) > 1:
+            raise ValueError(f"model utility: components {keys} of one set differ in length")
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(N_BOOT):
-        means = {k: float(v[rng.integers(0, len(v), len(v))].mean()) for k, v in clean.items()}
-        boots.append(M.model_utility(means))
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"value": float(value), "ci_low": float(lo), "ci_high": float(hi), "n": len(clean),
-            "higher_is_better": True, "components": sorted(clean)}
+        means = {}
+        for keys in by_set.values():
+            n = len(comps[keys[0]])
+            idx = rng.integers(0, n, n)  # one draw of the set's items for all its components
+            means.update({k: _nanmean(np.asarray(comps[k], dtype=float)[idx]) for k in keys})
+        # A replicate that drew only NaN items for a component has no utility; it is left out.
+        boots.append(np.nan if any(np.isnan(v) for v in means.values()) else M.model_utility(means))
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    return {"value": float(value), "ci_low": float(lo), "ci_high": float(hi), "n": len(names),
+            "higher_is_better": True, "components": names}
 
 
 def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = None) -> dict[str, dict]:
