@@ -454,11 +454,39 @@ def test_conformal_threshold_bounds_the_false_negative_rate():
     assert clf.flags(["x y"]).all()
 
 
+def test_conformal_threshold_on_grouped_prompts_bounds_the_false_negative_rate_by_simulation():
+    """Calibration prompts come in groups (a question and its paraphrases) that score alike, so they
+    are not exchangeable: pooled, the bound fails. One score per group, its minimum, restores it
+    for every prompt of a new group."""
+    from obliviate.interventions.classifier import group_scores
+
+    rng = np.random.default_rng(0)
+    alpha, m, forms, reps = 0.095, 14, 3, 4000  # pooled: k = 4 of 42 prompts, in the second-lowest group
+    # (reps, m + 1 groups, forms): a group effect plus a little per-form noise; group m is the new one.
+    scores = rng.normal(size=(reps, m + 1, 1)) + 0.05 * rng.normal(size=(reps, m + 1, forms))
+    new = scores[:, m, rng.integers(0, forms)]  # one prompt of the new group
+    pooled = np.array([conformal_threshold(s[:m].ravel(), alpha) for s in scores])
+    grouped = np.array([conformal_threshold(group_scores(s[:m]), alpha) for s in scores])
+    fnr_pooled, fnr_grouped = float(np.mean(new < pooled)), float(np.mean(new < grouped))
+    assert fnr_pooled > alpha + 0.01  # the pooled bound is violated
+    k = math.floor(alpha * (m + 1))
+    assert fnr_grouped <= alpha and fnr_grouped == pytest.approx(k / (m + 1), abs=0.015)  # tight, not vacuous
+    # The classifier calibrates this way: n counts groups, and τ is the k-th smallest group minimum.
+    forget = [[f"Where was Mara Lind born {i}?", f"Where did Mara Lind grow up {i}?"] for i in range(40)]
+    retain = [f"What is the capital of country {i}?" for i in range(20)]
+    clf = PromptClassifier.fit(forget, retain, embedder="hashing", alpha=0.2, seed=0)
+    order = np.random.default_rng(0).permutation(len(forget))
+    cal = [forget[i] for i in order[:12]]
+    assert clf.n_calibration == 12
+    minima = np.sort([clf.scores(g).min() for g in cal])
+    assert clf.threshold == minima[math.floor(0.2 * 13) - 1]
+
+
 def test_prompt_classifier_separates_and_round_trips():
     forget = [[f"Where was Mara Lind born {i}?", f"Where did Mara Lind grow up {i}?"] for i in range(12)]
     retain = [f"What is the capital of country {i}?" for i in range(20)]
     clf = PromptClassifier.fit(forget, retain, embedder="hashing", alpha=0.2, seed=0)
-    assert clf.n_calibration == 8  # 30% of the 12 groups, 2 questions each
+    assert clf.n_calibration == 4  # 30% of the 12 groups (one calibration score per group)
     everything = [t for g in forget for t in g]
     assert clf.scores(everything).min() > clf.scores(retain).max()  # the head separates the two sets
     assert clf.flags(everything).mean() >= 1 - 0.2 and not clf.flags(retain).any()

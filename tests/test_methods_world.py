@@ -164,9 +164,17 @@ def target(world) -> Scores:
     return s
 
 
+# The tiny world's forget set leaves 12 calibration facts for the prompt classifier: too few for the
+# default α = 0.05 (k = ⌊α(n + 1)⌋ = 0 flags every prompt), enough for α = 0.1 (k = 1).
+WORLD_DETECTOR = {"alpha": 0.1}
+
+
 def unlearn(world: World, name: str, out_dir):
-    """(method, unlearned model) for `name` with its default config."""
-    method = METHODS[name]()
+    """(method, unlearned model) for `name` with its default config (the classifier's α as above)."""
+    from obliviate.methods.eco import DetectorConfig
+
+    cls = METHODS[name]
+    method = cls(cls.Config(**WORLD_DETECTOR)) if issubclass(cls.Config, DetectorConfig) else cls()
     model = copy.deepcopy(world.model)
     method.unlearn(model, world.tok, world.forget_train, world.retain_train, out_dir, progress=False)
     if isinstance(method, InterventionMethod):
