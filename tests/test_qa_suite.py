@@ -99,3 +99,21 @@ def test_model_utility_ci_resamples_the_items_of_a_set_jointly():
     two = _model_utility({"retain/probability": x, "retain/truth_ratio": y, "facts/probability": x[::-1]})
     assert two["ci_low"] <= two["value"] <= two["ci_high"] and two["components"] == [
         "facts/probability", "retain/probability", "retain/truth_ratio"]
+
+
+def test_truth_score_directions_agree_between_the_metric_table_and_the_suite(result):
+    from obliviate.metrics.registry import METRICS
+
+    agg = result.aggregates
+    assert agg["forget/truth_ratio"]["higher_is_better"] == METRICS["forget_truth_score"].higher_is_better
+    assert agg["retain/truth_ratio"]["higher_is_better"] == METRICS["retain_truth_score"].higher_is_better
+
+
+def test_without_generations_model_utility_is_not_reported_under_its_name():
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    out = run_qa_suite(make_tiny_llama(), build_tiny_tokenizer(), FORGET, RETAIN, UTILITY, generate=False)
+    agg = out.aggregates
+    assert "model_utility" not in agg
+    assert agg["model_utility_without_rouge"]["n"] == 4  # {retain, facts} × {probability, truth ratio}
+    assert not any(c.endswith("/rouge") for c in agg["model_utility_without_rouge"]["components"])

@@ -15,6 +15,8 @@ Across sets:
   model), reported with the KS statistic and both n. It depends on n: never compare it across
   forget-set sizes.
 - **model utility**: harmonic mean of {retain, utility sets} × {probability, rouge, truth ratio}.
+  Without generation (`generate=False`) there is no ROUGE, and the harmonic mean of the other
+  components is reported as `model_utility_without_rouge`, never as model utility.
 - **memorisation** on the forget set: exact memorisation and extraction strength.
 - **membership inference** when a holdout (never-trained) set is given: LOSS, zlib, Min-K% and
   Min-K%++ AUCs with forget = members, holdout = non-members, plus TPR at 1% FPR.
@@ -43,6 +45,8 @@ from obliviate.models.prompts import PromptFormat
 from obliviate.models.scoring import score_qa
 
 N_BOOT = 1000
+MODEL_UTILITY = "model_utility"
+MODEL_UTILITY_WITHOUT_ROUGE = "model_utility_without_rouge"  # generation off: 2 of 3 numbers per set
 
 
 @dataclass
@@ -230,7 +234,10 @@ def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = N
             out[f"{s.name}/extraction_strength"] = _summary(s.extraction, False)
     comps = _utility_components(sets)
     if comps:
-        out["model_utility"] = _model_utility(comps)
+        # Without generations there is no ROUGE: the harmonic mean of the other components is
+        # another number than model utility, so it is reported under its own name.
+        complete = all(s.rouge is not None for s in sets if s.role in ("retain", "utility"))
+        out[MODEL_UTILITY if complete else MODEL_UTILITY_WITHOUT_ROUGE] = _model_utility(comps)
     forget = next((s for s in sets if s.role == "forget"), None)
     if forget is not None and oracle_forget_tr is not None:
         fq = M.forget_quality(forget.truth_ratio[~np.isnan(forget.truth_ratio)],

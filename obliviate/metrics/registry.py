@@ -46,9 +46,9 @@ _TABLE = [
         "per-item R = geomean_j P(perturbed_j) / P(paraphrased) (TOFU logs, open-unlearning)", "qa",
     ),
     MetricInfo(
-        "forget_truth_score", True,
-        "mean(min(R, 1/R)) on the forget set; 1 means correct and perturbed answers are equally likely",
-        "qa",
+        "forget_truth_score", None,
+        "mean(min(R, 1/R)) on the forget set; 1 means correct and perturbed answers are equally likely; "
+        "the target is the oracle's value, not 1 (forget quality compares the two)", "qa",
     ),
     MetricInfo("retain_truth_score", True, "mean(max(0, 1 - R)) on retain, real-author, world-fact sets", "qa"),
     # -- forget quality and utility (forget_quality.py, utility.py)
@@ -58,6 +58,11 @@ _TABLE = [
     ),
     MetricInfo("ks_statistic", False, "KS statistic behind forget_quality; 0 means identical distributions", "qa"),
     MetricInfo("model_utility", True, "harmonic mean of the 9 TOFU utility numbers (0 if any is 0)", "qa"),
+    MetricInfo(
+        "model_utility_without_rouge", True,
+        "harmonic mean of the utility numbers but ROUGE (6 of TOFU's 9), when answers were not generated; "
+        "not comparable with model_utility", "qa",
+    ),
     # -- memorisation (memorisation.py)
     MetricInfo(
         "exact_memorisation", None,
@@ -101,6 +106,7 @@ HEADLINE_AGGREGATES = [
     ("forget_quality", "forget quality (KS p-value)"),
     ("forget_quality/ks_statistic", "forget quality: KS statistic D"),
     ("model_utility", "model utility"),
+    ("model_utility_without_rouge", "model utility without ROUGE (6 of 9 numbers)"),
     ("forget/probability", "forget probability"),
     ("forget/rouge", "forget ROUGE-L recall"),
     ("forget/truth_ratio", "forget truth ratio"),
