@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -45,17 +45,22 @@ class FinetuneConfig(MethodConfig):
     the docstring of each method gives the paper's defaults for 7B-scale models."""
 
     lr: float = Field(5e-4, description="peak learning rate (AdamW)", gt=0)
+    schedule: Literal["linear", "constant", "cosine"] = Field(
+        "linear", description="learning-rate schedule after the warm-up: linear decay to 0, constant, or cosine")
+    warmup_epochs: float | None = Field(
+        None, ge=0, description="epochs of linear warm-up (overrides warmup_ratio; TOFU and NPO warm up for one)")
     epochs: int = Field(5, description="passes over the forget set", ge=1)
     batch_size: int = Field(16, description="forget examples per micro-batch (retain batches match it)", ge=1)
     grad_accum: int = Field(1, description="micro-batches per optimiser step", ge=1)
     max_steps: int | None = Field(None, description="stop after this many optimiser steps (overrides epochs)")
     warmup_ratio: float = Field(0.0, description="fraction of steps with linear warm-up", ge=0, le=1)
-    weight_decay: float = Field(0.0, description="AdamW weight decay", ge=0)
+    weight_decay: float = Field(0.0, description="AdamW weight decay (not on biases and norm weights)", ge=0)
     max_grad_norm: float = Field(1.0, description="gradient clipping norm (0 disables)", ge=0)
     max_length: int = Field(512, description="truncate sequences to this many tokens", ge=8)
     save_every: int = Field(0, description="checkpoint every N optimiser steps (0: only at the end)", ge=0)
     retain_rise_limit: float = Field(
-        0.0, ge=0, description="stop if the retain loss exceeds this factor × its first value (0: off)")
+        0.0, ge=0, description="stop if the method's retain term (retain NLL, KL, ...) exceeds this factor × its "
+        "first value (0: off)")
 
 
 @dataclass
@@ -150,6 +155,18 @@ class FinetuneMethod(Method):
 
     def setup(self, model, tokenizer, forget: list[QAItem], retain: list[QAItem]) -> None:
         """Optional hook run once before training (e.g. to cache reference log-probs)."""
+
+    def pre_step_loss(self, model, batch: UnlearnBatch) -> LossOutput | None:
+        """Optional: a loss the loop takes an optimiser step on by itself before `compute_loss`'s
+        (two steps per batch, as Opt-Out's alternate updates); None for one step per batch."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own training state (JSON) a checkpoint keeps for an exact resume."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
 
     @abstractmethod
     def compute_loss(self, model, batch: UnlearnBatch) -> LossOutput:
