@@ -117,3 +117,31 @@ def test_without_generations_model_utility_is_not_reported_under_its_name():
     assert "model_utility" not in agg
     assert agg["model_utility_without_rouge"]["n"] == 4  # {retain, facts} × {probability, truth ratio}
     assert not any(c.endswith("/rouge") for c in agg["model_utility_without_rouge"]["components"])
+
+
+def test_reference_mia_tofu_privleak_and_forget_paraphrase_and_perturbed_scores():
+    from obliviate.evals.qa import oracle_mia_aucs_from_items, tofu_privleak
+    from obliviate.models.scoring import score_qa
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    model, tok = make_tiny_llama(), build_tiny_tokenizer()
+    oracle = run_qa_suite(make_tiny_llama(seed=1), tok, FORGET, RETAIN, holdout=RETAIN, max_new_tokens=4)
+    aucs = oracle_mia_aucs_from_items(oracle.items())
+    assert set(aucs) == {"loss", "zlib", "min_k", "min_k_pp"}
+    assert aucs["min_k"] == pytest.approx(oracle.aggregates["mia/min_k_auc"]["value"])
+    out = run_qa_suite(model, tok, FORGET, RETAIN, holdout=RETAIN, max_new_tokens=4,
+                       reference_model=make_tiny_llama(seed=2), oracle_mia_auc=aucs)
+    agg = out.aggregates
+    assert "mia/reference_auc" in agg
+    for attack in aucs:
+        assert agg[f"mia/{attack}_privleak"]["value"] == pytest.approx(
+            tofu_privleak(agg[f"mia/{attack}_auc"]["value"], aucs[attack]))
+    assert tofu_privleak(1.0, 0.5) == pytest.approx(-100.0) and tofu_privleak(0.5, 0.5) == 0.0
+    # Forget paraphrased / perturbed answers: item 2 has no paraphrased answer.
+    scored = score_qa(model, tok, FORGET)
+    forget = next(s for s in out.sets if s.role == "forget")
+    para = forget.extra["paraphrase_probability"]
+    assert para[0] == pytest.approx(np.exp(-scored[0]["paraphrased_answer"].mean_nll)) and np.isnan(para[2])
+    pert = np.mean([np.exp(-p.mean_nll) for p in scored[1]["perturbed_answers"]])
+    assert forget.extra["perturbed_probability"][1] == pytest.approx(pert)
+    assert agg["forget/paraphrase_probability"]["n"] == 2 and "forget/perturbed_rouge" in agg

@@ -19,7 +19,15 @@ Across sets:
   components is reported as `model_utility_without_rouge`, never as model utility.
 - **memorisation** on the forget set: exact memorisation and extraction strength.
 - **membership inference** when a holdout (never-trained) set is given: LOSS, zlib, Min-K% and
-  Min-K%++ AUCs with forget = members, holdout = non-members, plus TPR at 1% FPR.
+  Min-K%++ AUCs with forget = members, holdout = non-members, plus TPR at 1% FPR; with a
+  `reference_model` (same tokenizer), the reference attack too (mean log-prob minus the reference
+  model's). Given the oracle's AUCs (`oracle_mia_auc`, e.g. `oracle_mia_aucs_from_items` of its
+  items.jsonl), TOFU's PrivLeak per attack, as open-unlearning computes it:
+  ((1 − AUC) − (1 − AUC_oracle)) / (1 − AUC_oracle + 1e-10) × 100 (near 0 is good, −100 for a model
+  that memorised the forget set).
+- **paraphrased and perturbed answers** on the forget set, as open-unlearning reports them beside
+  the answer's: the probability of the paraphrased answer and the mean probability of the perturbed
+  ones, and the ROUGE-L recall of the greedy answer against each (perturbed: the mean over them).
 
 Every mean carries a 95% bootstrap CI. Model utility's CI resamples items jointly within each set:
 one draw of a set's items per replicate serves its probability, ROUGE and truth ratio, so that the
@@ -66,6 +74,8 @@ class SetScores:
     extraction: np.ndarray | None = None
     mia: dict[str, np.ndarray] = field(default_factory=dict)
     ou: dict[str, np.ndarray] = field(default_factory=dict)  # open-unlearning's variants (evals/open_unlearning.py)
+    # forget set only: the paraphrased and perturbed answers' probabilities and ROUGE (NaN where absent)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def item_rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -90,6 +100,8 @@ class SetScores:
                 row["extraction_strength"] = float(self.extraction[i])
             for key, values in self.mia.items():
                 row[f"mia_{key}"] = float(values[i])
+            for key, values in self.extra.items():
+                row[key] = float(values[i])
             rows.append(row)
         return rows
 
@@ -122,6 +134,7 @@ def score_set(
     generate: bool = True,
     max_new_tokens: int | None = None,
     tracker: EvalProgress | None = None,
+    reference_model=None,
 ) -> SetScores:
     """Score one set: all the per-item arrays the aggregates are computed from."""
     need_stats = role in ("forget", "holdout")
@@ -151,6 +164,7 @@ def score_set(
         matches = [s["answer"].argmax_match for s in scored]
         out.exact_mem = M.exact_memorisation(matches)
         out.extraction = M.extraction_strength(matches)
+        out.extra = _paraphrase_and_perturbed(items, scored, out.generations)
     if need_stats:
         out.ou = ou_item_scores([s["answer"] for s in scored], role)
         logps = [s["answer"].logprobs for s in scored]
@@ -163,6 +177,47 @@ def score_set(
                 logps, [s["answer"].mu for s in scored], [s["answer"].var for s in scored], k=0.4
             ),
         }
+        if reference_model is not None:
+            ref = score_qa(reference_model, tokenizer, items, fmt=fmt, batch_size=batch_size, fields=("answer",))
+            out.mia["reference"] = M.reference_score(logps, [s["answer"].logprobs for s in ref])
+    return out
+
+
+def _paraphrase_and_perturbed(items: Sequence[QAItem], scored: list[dict], generations: list[str] | None
+                              ) -> dict[str, np.ndarray]:
+    """Per forget item: paraphrased answer's probability, perturbed answers' mean probability, and the
+    ROUGE-L recall of the generation against each (NaN where an item has none)."""
+    nan = float("nan")
+    para = np.array([nan if s["paraphrased_answer"] is None else np.exp(-s["paraphrased_answer"].mean_nll)
+                     for s in scored])
+    pert = np.array([np.mean([np.exp(-p.mean_nll) for p in s["perturbed_answers"]]) if s["perturbed_answers"]
+                     else nan for s in scored])
+    out = {"paraphrase_probability": para, "perturbed_probability": pert}
+    if generations is not None:
+        rouge = lambda refs, gen: float(np.mean(M.rouge_l(refs, [gen] * len(refs))["recall"]))  # noqa: E731
+        out["paraphrase_rouge"] = np.array([rouge([it.paraphrased_answer], g) if it.paraphrased_answer else nan
+                                            for it, g in zip(items, generations, strict=True)])
+        out["perturbed_rouge"] = np.array([rouge(list(it.perturbed_answers), g) if it.perturbed_answers else nan
+                                           for it, g in zip(items, generations, strict=True)])
+    return out
+
+
+def tofu_privleak(auc: float, auc_oracle: float) -> float:
+    """open-unlearning's privleak: ((1 − AUC) − (1 − AUC_oracle)) / (1 − AUC_oracle + 1e-10) × 100."""
+    from obliviate.evals.open_unlearning import privleak
+
+    return privleak(auc, auc_oracle)
+
+
+def oracle_mia_aucs_from_items(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The oracle's membership AUC per attack (forget vs holdout) from its saved items.jsonl."""
+    out = {}
+    keys = sorted({k for r in rows for k in r if k.startswith("mia_")})
+    for key in keys:
+        forget = [r[key] for r in rows if r["set"] == "forget" and key in r]
+        holdout = [r[key] for r in rows if r["set"] == "holdout" and key in r]
+        if forget and holdout:
+            out[key.removeprefix("mia_")] = float(M.mia_auc(forget, holdout)["auc"])
     return out
 
 
@@ -218,7 +273,8 @@ def _model_utility(comps: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, 
             "higher_is_better": True, "components": names}
 
 
-def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = None) -> dict[str, dict]:
+def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = None,
+              oracle_mia_auc: Mapping[str, float] | None = None) -> dict[str, dict]:
     """results.json aggregates: each metric with value, 95% CI, n and direction."""
     out: dict[str, dict] = {}
     for s in sets:
@@ -232,6 +288,9 @@ def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = N
         if forget:
             out[f"{s.name}/exact_memorisation"] = _summary(s.exact_mem, False)
             out[f"{s.name}/extraction_strength"] = _summary(s.extraction, False)
+            for key, values in s.extra.items():
+                if not np.isnan(values).all():
+                    out[f"{s.name}/{key}"] = _summary(values, None)
     comps = _utility_components(sets)
     if comps:
         # Without generations there is no ROUGE: the harmonic mean of the other components is
@@ -251,6 +310,10 @@ def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = N
             out[f"mia/{attack}_auc"] = {"value": float(res["auc"]), "tpr_at_1pct_fpr": float(res["tpr_at_1pct_fpr"]),
                                         "n": len(forget.mia[attack]), "n_nonmember": len(holdout.mia[attack]),
                                         "higher_is_better": None}
+            if oracle_mia_auc and attack in oracle_mia_auc:
+                out[f"mia/{attack}_privleak"] = {"value": tofu_privleak(res["auc"], oracle_mia_auc[attack]),
+                                                 "auc_oracle": float(oracle_mia_auc[attack]),
+                                                 "higher_is_better": None}
     return out
 
 
@@ -284,8 +347,12 @@ def run_qa_suite(
     max_new_tokens: int | None = None,
     progress: bool = False,
     name: str = "eval",
+    reference_model=None,
+    oracle_mia_auc: Mapping[str, float] | None = None,
 ) -> QAResult:
-    """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios.
+    """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios;
+    `reference_model` (same tokenizer): adds the reference MIA; `oracle_mia_auc`: the oracle's AUC per
+    attack, for TOFU's PrivLeak (module docstring).
 
     The prompt format and the generation budget are the tokenizer's (`format_of`) unless given. With
     `progress`, a display per set and phase (scoring, generation), headed by `name` (the model or run).
@@ -295,11 +362,15 @@ def run_qa_suite(
     if holdout:
         plan.append((holdout, "holdout", "holdout"))
     sizes = [(set_name, role, len(items)) for items, set_name, role in plan]
+    # The membership attacks that need more than the model run on forget and holdout, with a holdout.
+    mia = dict(reference_model=reference_model) if holdout else {}
     with EvalProgress(name, sizes, generate, enabled=progress) as tracker:
         kwargs = dict(fmt=fmt, batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens,
                       tracker=tracker)
-        sets = [score_set(model, tokenizer, items, set_name, role, **kwargs) for items, set_name, role in plan]
-    return QAResult(aggregate(sets, oracle_forget_tr), sets)
+        sets = [score_set(model, tokenizer, items, set_name, role, **kwargs,
+                          **(mia if role in ("forget", "holdout") else {}))
+                for items, set_name, role in plan]
+    return QAResult(aggregate(sets, oracle_forget_tr, oracle_mia_auc), sets)
 
 
 class EvalProgress:
