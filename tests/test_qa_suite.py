@@ -145,3 +145,24 @@ def test_reference_mia_tofu_privleak_and_forget_paraphrase_and_perturbed_scores(
     pert = np.mean([np.exp(-p.mean_nll) for p in scored[1]["perturbed_answers"]])
     assert forget.extra["perturbed_probability"][1] == pytest.approx(pert)
     assert agg["forget/paraphrase_probability"]["n"] == 2 and "forget/perturbed_rouge" in agg
+
+
+def test_gradnorm_mia_is_minus_the_mean_gradient_norm_and_leaves_the_model_as_it_was():
+    import torch
+
+    from obliviate.models.gradients import answer_gradient_norms
+    from obliviate.train.data import collate, encode_items
+    from obliviate.train.losses import answer_nll
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    model, tok = make_tiny_llama(), build_tiny_tokenizer()
+    model.requires_grad_(False)  # frozen, as a wrapped model is
+    norms = answer_gradient_norms(model, tok, FORGET[:2])
+    probe = make_tiny_llama()
+    enc = encode_items(tok, [FORGET[1]])[0]
+    answer_nll(probe, collate(enc, tok.pad_token_id)).sum().backward()
+    want = torch.stack([q.grad.norm(2) for q in probe.parameters()]).mean()
+    assert norms[1] == pytest.approx(float(want), rel=1e-4)
+    assert not any(q.requires_grad or q.grad is not None for q in model.parameters())
+    out = run_qa_suite(model, tok, FORGET, RETAIN, holdout=RETAIN, max_new_tokens=4, gradnorm=True)
+    assert "mia/gradnorm_auc" in out.aggregates

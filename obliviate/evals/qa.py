@@ -21,7 +21,8 @@ Across sets:
 - **membership inference** when a holdout (never-trained) set is given: LOSS, zlib, Min-K% and
   Min-K%++ AUCs with forget = members, holdout = non-members, plus TPR at 1% FPR; with a
   `reference_model` (same tokenizer), the reference attack too (mean log-prob minus the reference
-  model's). Given the oracle's AUCs (`oracle_mia_auc`, e.g. `oracle_mia_aucs_from_items` of its
+  model's), and with `gradnorm` the white-box GradNorm attack (`models/gradients.py`, one backward
+  pass per item). Given the oracle's AUCs (`oracle_mia_auc`, e.g. `oracle_mia_aucs_from_items` of its
   items.jsonl), TOFU's PrivLeak per attack, as open-unlearning computes it:
   ((1 − AUC) − (1 − AUC_oracle)) / (1 − AUC_oracle + 1e-10) × 100 (near 0 is good, −100 for a model
   that memorised the forget set).
@@ -135,6 +136,7 @@ def score_set(
     max_new_tokens: int | None = None,
     tracker: EvalProgress | None = None,
     reference_model=None,
+    gradnorm: bool = False,
 ) -> SetScores:
     """Score one set: all the per-item arrays the aggregates are computed from."""
     need_stats = role in ("forget", "holdout")
@@ -180,6 +182,10 @@ def score_set(
         if reference_model is not None:
             ref = score_qa(reference_model, tokenizer, items, fmt=fmt, batch_size=batch_size, fields=("answer",))
             out.mia["reference"] = M.reference_score(logps, [s["answer"].logprobs for s in ref])
+        if gradnorm:
+            from obliviate.models.gradients import answer_gradient_norms
+
+            out.mia["gradnorm"] = -answer_gradient_norms(model, tokenizer, items, fmt)
     return out
 
 
@@ -349,6 +355,7 @@ def run_qa_suite(
     name: str = "eval",
     reference_model=None,
     oracle_mia_auc: Mapping[str, float] | None = None,
+    gradnorm: bool = False,
 ) -> QAResult:
     """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios;
     `reference_model` (same tokenizer): adds the reference MIA; `oracle_mia_auc`: the oracle's AUC per
@@ -363,7 +370,7 @@ def run_qa_suite(
         plan.append((holdout, "holdout", "holdout"))
     sizes = [(set_name, role, len(items)) for items, set_name, role in plan]
     # The membership attacks that need more than the model run on forget and holdout, with a holdout.
-    mia = dict(reference_model=reference_model) if holdout else {}
+    mia = dict(reference_model=reference_model, gradnorm=gradnorm) if holdout else {}
     with EvalProgress(name, sizes, generate, enabled=progress) as tracker:
         kwargs = dict(fmt=fmt, batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens,
                       tracker=tracker)

@@ -80,6 +80,8 @@ _TABLE = [
     MetricInfo("mia_min_k", None, "mean of the lowest k fraction of token log-probs (Min-K%, k=0.4)", "mia"),
     MetricInfo("mia_min_k_plus_plus", None, "mean of the lowest k fraction of standardised log-probs", "mia"),
     MetricInfo("mia_reference", None, "mean log-prob minus a reference model's mean log-prob", "mia"),
+    MetricInfo("mia_gradnorm", None, "minus the mean p-norm of the answer NLL's parameter gradients (GradNorm)",
+               "mia"),
     MetricInfo("mia_auc", None, "ROC AUC of members vs non-members; 0.5 = indistinguishable (target)", "mia"),
     MetricInfo("mia_tpr_at_1pct_fpr", None, "TPR at FPR <= 1%; near 0.01 = indistinguishable (target)", "mia"),
     MetricInfo(
