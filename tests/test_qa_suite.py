@@ -166,3 +166,17 @@ def test_gradnorm_mia_is_minus_the_mean_gradient_norm_and_leaves_the_model_as_it
     assert not any(q.requires_grad or q.grad is not None for q in model.parameters())
     out = run_qa_suite(model, tok, FORGET, RETAIN, holdout=RETAIN, max_new_tokens=4, gradnorm=True)
     assert "mia/gradnorm_auc" in out.aggregates
+
+
+def test_fluency_of_forget_generations():
+    from obliviate.metrics import repetition_rate
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    np.testing.assert_allclose(repetition_rate(["the the the the", "a b c d", "one", ""]), [2 / 3, 0, 0, 0])
+    out = run_qa_suite(make_tiny_llama(), build_tiny_tokenizer(), FORGET, RETAIN, max_new_tokens=6,
+                       fluency_classifier=lambda texts: [0.25] * len(texts))
+    agg = out.aggregates
+    assert agg["forget/fluency"]["value"] == pytest.approx(0.25) and agg["forget/fluency"]["higher_is_better"]
+    forget = next(s for s in out.sets if s.role == "forget")
+    assert agg["forget/repetition_rate"]["value"] == pytest.approx(repetition_rate(forget.generations).mean())
+    assert agg["forget/repetition_rate"]["higher_is_better"] is False

@@ -26,6 +26,8 @@ Across sets:
   items.jsonl), TOFU's PrivLeak per attack, as open-unlearning computes it:
   ((1 − AUC) − (1 − AUC_oracle)) / (1 − AUC_oracle + 1e-10) × 100 (near 0 is good, −100 for a model
   that memorised the forget set).
+- **fluency** of the forget set's generations: the repetition rate (`metrics/fluency.py`), and with
+  a `fluency_classifier` (texts -> P(fluent), e.g. open-unlearning's gibberish classifier) its score.
 - **paraphrased and perturbed answers** on the forget set, as open-unlearning reports them beside
   the answer's: the probability of the paraphrased answer and the mean probability of the perturbed
   ones, and the ROUGE-L recall of the greedy answer against each (perturbed: the mean over them).
@@ -137,6 +139,7 @@ def score_set(
     tracker: EvalProgress | None = None,
     reference_model=None,
     gradnorm: bool = False,
+    fluency_classifier=None,
 ) -> SetScores:
     """Score one set: all the per-item arrays the aggregates are computed from."""
     need_stats = role in ("forget", "holdout")
@@ -167,6 +170,10 @@ def score_set(
         out.exact_mem = M.exact_memorisation(matches)
         out.extraction = M.extraction_strength(matches)
         out.extra = _paraphrase_and_perturbed(items, scored, out.generations)
+        if out.generations is not None:
+            out.extra["repetition_rate"] = M.repetition_rate(out.generations)
+            if fluency_classifier is not None:
+                out.extra["fluency"] = M.fluency_scores(out.generations, fluency_classifier)
     if need_stats:
         out.ou = ou_item_scores([s["answer"] for s in scored], role)
         logps = [s["answer"].logprobs for s in scored]
@@ -187,6 +194,10 @@ def score_set(
 
             out.mia["gradnorm"] = -answer_gradient_norms(model, tokenizer, items, fmt)
     return out
+
+
+# Direction of the forget set's extra aggregates (None: compare with the oracle).
+EXTRA_DIRECTIONS = {"repetition_rate": False, "fluency": True}
 
 
 def _paraphrase_and_perturbed(items: Sequence[QAItem], scored: list[dict], generations: list[str] | None
@@ -296,7 +307,7 @@ def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = N
             out[f"{s.name}/extraction_strength"] = _summary(s.extraction, False)
             for key, values in s.extra.items():
                 if not np.isnan(values).all():
-                    out[f"{s.name}/{key}"] = _summary(values, None)
+                    out[f"{s.name}/{key}"] = _summary(values, EXTRA_DIRECTIONS.get(key))
     comps = _utility_components(sets)
     if comps:
         # Without generations there is no ROUGE: the harmonic mean of the other components is
@@ -356,6 +367,7 @@ def run_qa_suite(
     reference_model=None,
     oracle_mia_auc: Mapping[str, float] | None = None,
     gradnorm: bool = False,
+    fluency_classifier=None,
 ) -> QAResult:
     """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios;
     `reference_model` (same tokenizer): adds the reference MIA; `oracle_mia_auc`: the oracle's AUC per
@@ -375,7 +387,8 @@ def run_qa_suite(
         kwargs = dict(fmt=fmt, batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens,
                       tracker=tracker)
         sets = [score_set(model, tokenizer, items, set_name, role, **kwargs,
-                          **(mia if role in ("forget", "holdout") else {}))
+                          **(mia if role in ("forget", "holdout") else {}),
+                          **({"fluency_classifier": fluency_classifier} if role == "forget" else {}))
                 for items, set_name, role in plan]
     return QAResult(aggregate(sets, oracle_forget_tr, oracle_mia_auc), sets)
 

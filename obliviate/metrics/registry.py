@@ -74,6 +74,10 @@ _TABLE = [
         "1 - k*/N, k* the first position from which the argmax matches the whole suffix; "
         "lower is better on forget, higher on retain", "qa",
     ),
+    # -- fluency of generations (fluency.py)
+    MetricInfo("repetition_rate", False, "share of a generation's word bigrams that repeat an earlier one "
+               "(rep-2); near 1 for collapsed, repetitive text", "qa"),
+    MetricInfo("fluency", True, "a fluency (gibberish) classifier's P(fluent) of a generation", "qa"),
     # -- membership inference (mia.py); per-item scores are oriented "higher = more likely a member"
     MetricInfo("mia_loss", None, "mean token log-prob (LOSS attack); higher = more likely a member", "mia"),
     MetricInfo("mia_zlib", None, "mean token log-prob / zlib-compressed bytes (Carlini et al. 2021)", "mia"),
