@@ -150,7 +150,7 @@ def test_reference_mia_tofu_privleak_and_forget_paraphrase_and_perturbed_scores(
 def test_gradnorm_mia_is_minus_the_mean_gradient_norm_and_leaves_the_model_as_it_was():
     import torch
 
-    from obliviate.models.gradients import answer_gradient_norms
+    from obliviate.evals.gradients import answer_gradient_norms
     from obliviate.train.data import collate, encode_items
     from obliviate.train.losses import answer_nll
     from tests.conftest import build_tiny_tokenizer, make_tiny_llama

@@ -21,7 +21,7 @@ Across sets:
 - **membership inference** when a holdout (never-trained) set is given: LOSS, zlib, Min-K% and
   Min-K%++ AUCs with forget = members, holdout = non-members, plus TPR at 1% FPR; with a
   `reference_model` (same tokenizer), the reference attack too (mean log-prob minus the reference
-  model's), and with `gradnorm` the white-box GradNorm attack (`models/gradients.py`, one backward
+  model's), and with `gradnorm` the white-box GradNorm attack (`evals/gradients.py`, one backward
   pass per item). Given the oracle's AUCs (`oracle_mia_auc`, e.g. `oracle_mia_aucs_from_items` of its
   items.jsonl), TOFU's PrivLeak per attack, as open-unlearning computes it:
   ((1 − AUC) − (1 − AUC_oracle)) / (1 − AUC_oracle + 1e-10) × 100 (near 0 is good, −100 for a model
@@ -190,7 +190,7 @@ def score_set(
             ref = score_qa(reference_model, tokenizer, items, fmt=fmt, batch_size=batch_size, fields=("answer",))
             out.mia["reference"] = M.reference_score(logps, [s["answer"].logprobs for s in ref])
         if gradnorm:
-            from obliviate.models.gradients import answer_gradient_norms
+            from obliviate.evals.gradients import answer_gradient_norms
 
             out.mia["gradnorm"] = -answer_gradient_norms(model, tokenizer, items, fmt)
     return out

@@ -5,9 +5,11 @@ gradient of its mean answer NLL with respect to every parameter, and the mean ov
 the gradients' p-norms. Members of the training set sit near a minimum of their loss, so their
 gradients are small; the membership score is the negated norm (higher = more likely a member).
 
-One backward pass per item, with gradients for every parameter: opt-in, as it costs a training
-step's memory. Parameters that do not require gradients (a frozen model, an intervention's base)
-get them for the duration; flags and `.grad` are restored afterwards.
+Scoring with a backward pass lives here, beside the suite that uses it, rather than in `models`
+(which sits below `train` in the import layers). One backward pass per item, with gradients for
+every parameter: opt-in, as it costs a training step's memory. Parameters that do not require
+gradients (a frozen model, an intervention's base) get them for the duration; flags and `.grad`
+are restored afterwards.
 """
 
 from __future__ import annotations
