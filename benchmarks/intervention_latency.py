@@ -1,8 +1,8 @@
 """Greedy generation time under each intervention ÷ the plain model's, on the same retain prompts.
 
-Each intervention (eco, guard, spul, icul, prompt, uld) is built with its method's default config on
+Each intervention (eco, guard, spul+gate, icul, prompt, uld) is built with its method's default config on
 the world's target from the world's forget10 training sets, as `obliviate unlearn` builds it. The
-methods gated by a prompt classifier (eco, guard, spul) run by default the cascade of
+methods gated by a prompt classifier (eco, guard, spul+gate) run by default the cascade of
 `obliviate.interventions.classifier`: a hashing prefilter, then MiniLM on the prompts it passes. They
 are built a second time without the prefilter (`eco:prefilter=none`), which embeds every prompt
 with MiniLM: the cost the prefilter saves. The
@@ -49,9 +49,9 @@ from obliviate.models.loading import load_model  # noqa: E402
 from obliviate.models.prompts import DEFAULT_FORMAT  # noqa: E402
 from obliviate.world import build_world_models, get_world  # noqa: E402
 
-METHODS = ("eco", "eco:prefilter=none", "guard", "guard:prefilter=none", "spul", "spul:prefilter=none", "icul",
-           "prompt", "uld")
-TARGETS = {"eco": 1.25, "guard": 1.25, "spul": 1.25}
+METHODS = ("eco", "eco:prefilter=none", "guard", "guard:prefilter=none", "spul+gate", "spul+gate:prefilter=none",
+           "icul", "prompt", "uld")
+TARGETS = {"eco": 1.25, "guard": 1.25, "spul+gate": 1.25}
 
 
 class Unchanged(Intervention):
@@ -174,7 +174,8 @@ def main() -> None:
         # The latency depends on what is built, not on how long it was tuned: σ tuning and SPUL's
         # training are cut short on this untrained model.
         gated = [s for s in args.methods.split(",") if s.partition(":")[0] in TARGETS]
-        compare(big, tok, questions, forget, retain, gated, args, {"eco": {"zo_steps": 0}, "spul": {"max_steps": 2}})
+        compare(big, tok, questions, forget, retain, gated, args,
+                {"eco": {"zo_steps": 0}, "spul+gate": {"max_steps": 2}})
 
 
 if __name__ == "__main__":

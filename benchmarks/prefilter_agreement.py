@@ -74,7 +74,7 @@ def main() -> None:
     alone, _ = fit_detector(tok, forget, retain, prefilter=None)
     cascade, report = fit_detector(tok, forget, retain, prefilter="hashing")
     if cascade.classifier.prefilter is None:
-        print(f"world:{args.preset}@{args.seed} {args.split}: too few calibration prompts for a prefilter "
+        print(f"world:{args.preset}@{args.seed} {args.split}: too few calibration groups for a prefilter "
               f"({report['n_calibration']}); the classifier is MiniLM alone")
         return
     print(f"world:{args.preset}@{args.seed} {args.split}  prefilter τ = {cascade.classifier.prefilter.threshold:.3f}  "

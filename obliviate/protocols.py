@@ -58,6 +58,7 @@ PLOT_METRICS = [
     ("forget_quality", "forget quality (KS p)", True),
     ("forget_quality/ks_statistic", "KS statistic D", False),
     ("model_utility", "model utility", False),
+    ("model_utility_without_rouge", "model utility without ROUGE", False),
     ("forget/probability", "forget probability", False),
     ("forget/rouge", "forget ROUGE-L recall", False),
     ("forget/truth_ratio", "forget truth ratio", False),

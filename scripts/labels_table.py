@@ -44,9 +44,9 @@ LABELLED = {"spul", "icul"}  # take LabelledText; the others take QA items
 # classifier (alpha 0.1: with 72 forget reviews, alpha 0.05 leaves too few calibration reviews for a
 # threshold, and the classifier then flags every review).
 RUNS: list[tuple[str, str, dict]] = [
-    ("SPUL, lr 3e-3, gated", "spul", {"lr": 3e-3, "alpha": 0.1}),
-    ("ICUL", "icul", {"gate": "none", "n_forget": 1, "n_correct": 4}),
-    ("ICUL, gated", "icul", {"gate": "classifier", "alpha": 0.1, "n_forget": 1, "n_correct": 4}),
+    ("spul+gate, lr 3e-3", "spul", {"gate": "classifier", "lr": 3e-3, "alpha": 0.1}),
+    ("icul", "icul", {"gate": "none", "n_forget": 1, "n_correct": 4}),
+    ("icul+gate", "icul", {"gate": "classifier", "alpha": 0.1, "n_forget": 1, "n_correct": 4}),
     ("GA, lr 7e-4, 5 epochs", "ga", {"lr": 7e-4, "epochs": 5}),
     ("GA, lr 1e-3, 5 epochs", "ga", {"lr": 1e-3, "epochs": 5}),
     ("random label, lr 1e-3, 5 epochs", "random_label", {"lr": 1e-3, "epochs": 5}),

@@ -47,7 +47,8 @@ def main_embedder(monkeypatch) -> CountingEmbedder:
     return embedder
 
 
-def fit(alpha: float = 0.1, **kw) -> PromptClassifier:
+def fit(alpha: float = 0.25, **kw) -> PromptClassifier:
+    """12 of the 40 forget groups calibrate: k = ⌊0.25 · 13⌋ = 3 misses to share."""
     return PromptClassifier.fit(FORGET_GROUPS, RETAIN_TEXTS, MINILM, alpha, seed=3, **kw)
 
 
@@ -68,27 +69,29 @@ def test_prompts_the_prefilter_drops_are_never_embedded_by_the_main_classifier(m
 
 
 def test_the_stages_share_the_calibration_misses_alpha_allows(main_embedder):
-    alpha = 0.1
+    alpha = 0.25
     cascade = fit(alpha, prefilter="hashing")
     order = np.random.default_rng(3).permutation(len(FORGET_GROUPS))
-    cal = [t for i in order[: round(0.3 * len(FORGET_GROUPS))] for t in FORGET_GROUPS[i]]
-    n, k = len(cal), math.floor(alpha * (len(cal) + 1))
+    groups = [FORGET_GROUPS[i] for i in order[: round(0.3 * len(FORGET_GROUPS))]]
+    cal = [t for g in groups for t in g]
+    n, k = len(groups), math.floor(alpha * (len(groups) + 1))  # one calibration score per group
     assert cascade.n_calibration == n and k >= 3
     # The prefilter's τ is at most its lowest calibration score (one miss) and the highest retain training
-    # score; the main stage's τ is the (k − 1)-th lowest calibration score.
+    # score; the main stage's τ is the (k − 1)-th lowest group score, a group's score its lowest prompt's.
     pre = cascade.prefilter
     assert pre.threshold == min(min(pre.scores(cal)), max(pre.scores(RETAIN_TEXTS)))
     assert (pre.scores(RETAIN_TEXTS) >= pre.threshold).mean() <= 0.02
     wider = fit(alpha, prefilter="hashing", prefilter_retain_share=0.3).prefilter
     assert wider.threshold < pre.threshold and (wider.scores(RETAIN_TEXTS) >= wider.threshold).mean() >= 0.3
-    assert cascade.threshold == np.sort(cascade.scores(cal))[k - 2]
+    assert cascade.threshold == np.sort([cascade.scores(g).min() for g in groups])[k - 2]
     assert cascade.prefilter.alpha == pytest.approx(1 / (n + 1))
     assert cascade.stage_alpha == pytest.approx(alpha - 1 / (n + 1))
     # Each stage is the classifier its embedder gives alone (same split, same head).
     for stage, embedder in ((cascade, MINILM), (cascade.prefilter, "hashing")):
         alone = PromptClassifier.fit(FORGET_GROUPS, RETAIN_TEXTS, embedder, alpha, seed=3)
         assert np.array_equal(stage.weight, alone.weight) and stage.bias == alone.bias
-    assert int((~cascade.flags(cal)).sum()) <= k  # at most the k misses the two stages share
+    missed = [bool((~cascade.flags(g)).any()) for g in groups]
+    assert sum(missed) <= k  # at most the k group misses the two stages share
 
 
 def test_the_cascade_round_trips_and_old_states_load_without_a_prefilter(main_embedder):
@@ -103,9 +106,9 @@ def test_the_cascade_round_trips_and_old_states_load_without_a_prefilter(main_em
 
 @pytest.mark.parametrize("case", ["too few calibration prompts", "fixed threshold", "same embedder"])
 def test_no_prefilter_where_it_cannot_be_calibrated_or_would_not_save_anything(main_embedder, case):
-    if case == "too few calibration prompts":  # 36 calibration prompts: k = ⌊0.05 · 37⌋ = 1, nothing to share
-        out = fit(0.05, prefilter="hashing")
-        assert out.stage_alpha == 0.05 and out.threshold > -math.inf
+    if case == "too few calibration prompts":  # 12 calibration groups: k = ⌊0.1 · 13⌋ = 1, nothing to share
+        out = fit(0.1, prefilter="hashing")
+        assert out.stage_alpha == 0.1 and out.threshold > -math.inf
     elif case == "fixed threshold":
         out = fit(threshold=0.5, prefilter="hashing")
     else:
@@ -118,10 +121,11 @@ def test_detector_config_builds_the_cascade_by_default_and_reports_what_it_scree
     assert ECOConfig(prefilter="none").detector_kwargs()["prefilter"] is None
     assert ECOConfig(prefilter_retain_share=0.1).detector_kwargs()["prefilter_retain_share"] == 0.1
     tok = build_tiny_tokenizer()
-    detector, report = fit_detector(tok, FORGET * 3, RETAIN * 3, embedder=MINILM, alpha=0.5, holdout_fraction=0.3,
+    # 2 calibration groups (of 7 trained facts): alpha 0.7 gives k = ⌊0.7 · 3⌋ = 2 misses to share.
+    detector, report = fit_detector(tok, FORGET * 3, RETAIN * 3, embedder=MINILM, alpha=0.7, holdout_fraction=0.3,
                                     prefilter="hashing", seed=1)
     assert detector.classifier.prefilter is not None
-    assert report["prefilter"]["embedder"] == "hashing" and report["prefilter"]["alpha"] < 0.5
+    assert report["prefilter"]["embedder"] == "hashing" and report["prefilter"]["alpha"] < 0.7
     for kind in ("original", "paraphrased"):
         row = report["held_out"][kind]
         assert row["fpr"] <= row["screened_in"] <= 1  # a flagged prompt passed the prefilter

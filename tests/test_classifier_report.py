@@ -55,7 +55,8 @@ def test_question_groups_keep_every_form_of_a_fact_together():
 @pytest.mark.parametrize("threshold", [None, 0.0, 2.0])
 def test_report_counts_match_a_direct_count_over_the_held_out_items(threshold):
     tok = build_tiny_tokenizer()
-    detector, report = fit_detector(tok, FORGET, RETAIN, embedder="hashing", alpha=0.2, threshold=threshold,
+    # alpha 0.5: 2 calibration groups (of 7 trained facts) give k = ⌊0.5 · 3⌋ = 1, a finite τ.
+    detector, report = fit_detector(tok, FORGET, RETAIN, embedder="hashing", alpha=0.5, threshold=threshold,
                                     holdout_fraction=0.3, seed=1)
     held = report["held_out"]
     assert held["forget_groups"] == 3 and held["retain_groups"] == 3  # ⌊0.3 · 10⌋ facts each

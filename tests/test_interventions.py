@@ -22,11 +22,12 @@ from obliviate.errors import ObliviateError
 from obliviate.evals.qa import run_qa_suite
 from obliviate.interventions import load_intervention
 from obliviate.interventions.classifier import PromptClassifier, conformal_threshold
-from obliviate.interventions.corruption import corrupt
+from obliviate.interventions.corruption import EmbeddingCorruption, corrupt
 from obliviate.interventions.logit_diff import LogitDifference, combine_logits, decoder_layers, truncated_model
 from obliviate.interventions.prefix_kinds import InContextPrefix, SoftPrompt
 from obliviate.interventions.regions import find_regions, prompt_marker
 from obliviate.interventions.restricted import GuardLogitsProcessor, RestrictedDecoding
+from obliviate.methods import get_method
 from obliviate.methods.eco import ECO, ECOConfig
 from obliviate.methods.guard import GUARD, GUARDConfig, forbidden_terms
 from obliviate.methods.icul import ICUL, ICULConfig, PromptBaseline, icul_context, join_subjects
@@ -83,15 +84,26 @@ def toy():
     return _train_toy()
 
 
+def _variant(name: str, **values):
+    """The labelled variant `name` (`spul+gate`) with `values` set."""
+    cls = get_method(name)
+    return cls(cls.Config(**values))
+
+
 def _configs():
     return {
         "spul": SPUL(SPULConfig(num_tokens=4, lr=3e-3, epochs=30, batch_size=7)),
+        "spul+gate": _variant("spul+gate", num_tokens=4, lr=3e-3, epochs=30, batch_size=7),
         "icul": ICUL(ICULConfig(n_correct=2)),
+        "icul+gate": _variant("icul+gate", n_correct=2),
         "prompt": PromptBaseline(),
+        "prompt+gate": _variant("prompt+gate"),
         "eco": ECO(ECOConfig(embedder="hashing", threshold=0.5, target="prompt", corruption="rand_noise_top_k",
                              dims=4, strength=1.0, zo_steps=4, zo_lr=30.0, target_probability=0.3)),
         "guard": GUARD(GUARDConfig(embedder="hashing", threshold=0.5)),
-        "uld": ULD(ULDConfig(n_layers=1, epochs=30, lr=1e-2, batch_size=4, grad_accum=1)),
+        # r = 0.05: on a 300-token vocabulary r = 0.01 keeps as few as ⌊rV⌋ = 3 tokens (ULD's 32k keep 320),
+        # and the filter masks the rest, so the assistant could only reorder those three.
+        "uld": ULD(ULDConfig(n_layers=1, epochs=30, lr=1e-2, batch_size=4, grad_accum=1, filter_ratio=0.05)),
     }
 
 
@@ -107,7 +119,7 @@ def built(toy, tmp_path_factory):
     return out
 
 
-METHODS = ["spul", "icul", "prompt", "eco", "guard", "uld"]
+METHODS = ["spul", "spul+gate", "icul", "icul+gate", "prompt", "prompt+gate", "eco", "guard", "uld"]
 
 
 def _probs(model, tok, items) -> np.ndarray:
@@ -199,6 +211,12 @@ def test_every_intervention_agrees_across_scoring_paths_and_with_its_own_generat
     prompts, conts = _prompts(tok), _conts(tok)
     shared = score_continuations(wrapped, prompts, conts, batch_size=3)
     assert _max_diff(shared, score_continuations(wrapped, prompts, conts, batch_size=3, share_prompt=False)) < 1e-4
+    if getattr(wrapped.intervention, "corrupt_answers", False):
+        # ECO scores with the answer corrupted too, which generation never sees; its prompt-only form
+        # corrupts exactly what generation does.
+        variant = wrapped.intervention.with_strength(wrapped.intervention.strength)
+        variant.corrupt_answers = False
+        wrapped = variant.wrap(model, tok)
     # Greedy generation (cache path) must be the argmax of teacher-forced scoring, token by token.
     gens = [wrapped.generate(input_ids=torch.tensor([p]), max_new_tokens=6, pad_token_id=0)[0, len(p):].tolist()
             for p in prompts]
@@ -261,6 +279,21 @@ def test_spul_trains_only_the_prompt_and_makes_refusals_likelier(toy, built):
     wrapped = method.intervention.wrap(model, tok)
     nll = lambda m, items: np.mean([s["answer"].mean_nll for s in score_qa(m, tok, items, fields=("answer",))])  # noqa: E731
     assert nll(wrapped, refusals) < nll(model, refusals) - 1.0
+
+
+@pytest.mark.parametrize("name", ["spul", "icul", "prompt"])
+def test_prefix_methods_prepend_to_every_prompt_as_the_papers_and_gate_only_as_a_labelled_variant(toy, built, name):
+    model, tok = toy
+    paper, gated = built[name], built[f"{name}+gate"]
+    assert paper[0].config.gate == "none" and paper[1]["gate"] == "none" and "classifier" not in paper[1]
+    assert gated[0].config.gate == "classifier" and gated[1]["gate"] == "classifier" and "classifier" in gated[1]
+    assert type(paper[0]).label(paper[0].config) == name and type(gated[0]).label(gated[0].config) == f"{name}+gate"
+    # Ungated, the prefix changes retain answers too; gated, unflagged retain prompts run the bare model.
+    bare = _probs(model, tok, RETAIN)
+    assert not np.allclose(_probs(paper[0].intervention.wrap(model, tok), tok, RETAIN), bare)
+    flagged = gated[0].intervention.detector.flags_items(tok, RETAIN, DEFAULT_FORMAT)
+    kept = [i for i, f in enumerate(flagged) if not f]  # on these few items the gate may flag them all
+    np.testing.assert_allclose(_probs(gated[0].intervention.wrap(model, tok), tok, RETAIN)[kept], bare[kept])
 
 
 def test_spul_loss_matches_a_direct_computation():
@@ -352,6 +385,44 @@ def test_eco_corrupts_flagged_prompts_only_and_zeroth_order_descent_lowers_its_o
     assert summary["sigma"] > 1.0  # the forget probability was above the target: σ grew
 
 
+@pytest.mark.parametrize("corrupt_answers", [True, False])
+@pytest.mark.parametrize("question", ["Where was Mara Lind born?", "Where was Bob born?"])
+def test_eco_corrupts_the_answer_too_when_scoring_as_its_evaluator_does(toy, built, corrupt_answers, question):
+    """ECO's evaluator corrupts the entity tokens of prompt and answer (every token but the last
+    without one); `corrupt_answers=False` corrupts the prompt only."""
+    model, tok = toy
+    detector = built["eco"][0].intervention.detector
+    subject = tok(" Mara Lind", add_special_tokens=False)["input_ids"]
+    kwargs = {} if corrupt_answers else {"corrupt_answers": False}  # the default is ECO's behaviour
+    eco = EmbeddingCorruption(detector, "flip_sign_top_k", 0.0, 4, 1.0, [subject], skip_ids=tok.all_special_ids,
+                              **kwargs)
+    eco.detector = type("FlagAll", (), {"state": lambda self: detector.state(),  # every prompt is flagged
+                                        "flags": lambda self, t, ids, mask: (
+        [True] * len(ids), find_regions(ids, mask, prompt_marker(t, DEFAULT_FORMAT)), None)})()
+    prompt = encode_prompt(tok, DEFAULT_FORMAT.render(question))
+    answer = tok(" Mara Lind was born in Oslo.", add_special_tokens=False)["input_ids"]
+    seq, n = prompt + answer, len(prompt)
+    hits = lambda lo, hi: {i + j for i in range(lo, hi - len(subject) + 1)  # noqa: E731
+                           if seq[i : i + len(subject)] == subject for j in range(len(subject))}
+    in_prompt = hits(1, n)
+    if corrupt_answers:
+        chosen = in_prompt | hits(n, len(seq)) if in_prompt else set(range(1, len(seq) - 1))
+    else:
+        chosen = in_prompt or set(range(1, n - 1))
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(torch.tensor([seq]))[0]
+        pos = torch.tensor(sorted(chosen))
+        emb[pos] = corrupt(emb[pos], "flip_sign_top_k", 4, 0.0, None)
+        logp = model(inputs_embeds=emb[None]).logits[0].log_softmax(-1)
+    expected = logp[n - 1 : -1].gather(-1, torch.tensor(answer)[:, None])[:, 0].numpy()
+    wrapped = eco.wrap(model, tok)
+    for share in (False, True):
+        got = score_continuations(wrapped, [prompt], [[answer]], share_prompt=share)[0][0].logprobs
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert wrapped.shares_prompt_cache is not corrupt_answers
+    assert EmbeddingCorruption.from_state(eco.state_config(), {}, model, tok).corrupt_answers is corrupt_answers
+
+
 def test_corruptions_match_their_definitions():
     e = torch.tensor([[0.5, -3.0, 1.0, 2.0], [4.0, 0.1, -0.2, 0.3]])
     z = torch.tensor([[1.0, -1.0], [2.0, 0.5]])
@@ -383,11 +454,39 @@ def test_conformal_threshold_bounds_the_false_negative_rate():
     assert clf.flags(["x y"]).all()
 
 
+def test_conformal_threshold_on_grouped_prompts_bounds_the_false_negative_rate_by_simulation():
+    """Calibration prompts come in groups (a question and its paraphrases) that score alike, so they
+    are not exchangeable: pooled, the bound fails. One score per group, its minimum, restores it
+    for every prompt of a new group."""
+    from obliviate.interventions.classifier import group_scores
+
+    rng = np.random.default_rng(0)
+    alpha, m, forms, reps = 0.095, 14, 3, 4000  # pooled: k = 4 of 42 prompts, in the second-lowest group
+    # (reps, m + 1 groups, forms): a group effect plus a little per-form noise; group m is the new one.
+    scores = rng.normal(size=(reps, m + 1, 1)) + 0.05 * rng.normal(size=(reps, m + 1, forms))
+    new = scores[:, m, rng.integers(0, forms)]  # one prompt of the new group
+    pooled = np.array([conformal_threshold(s[:m].ravel(), alpha) for s in scores])
+    grouped = np.array([conformal_threshold(group_scores(s[:m]), alpha) for s in scores])
+    fnr_pooled, fnr_grouped = float(np.mean(new < pooled)), float(np.mean(new < grouped))
+    assert fnr_pooled > alpha + 0.01  # the pooled bound is violated
+    k = math.floor(alpha * (m + 1))
+    assert fnr_grouped <= alpha and fnr_grouped == pytest.approx(k / (m + 1), abs=0.015)  # tight, not vacuous
+    # The classifier calibrates this way: n counts groups, and τ is the k-th smallest group minimum.
+    forget = [[f"Where was Mara Lind born {i}?", f"Where did Mara Lind grow up {i}?"] for i in range(40)]
+    retain = [f"What is the capital of country {i}?" for i in range(20)]
+    clf = PromptClassifier.fit(forget, retain, embedder="hashing", alpha=0.2, seed=0)
+    order = np.random.default_rng(0).permutation(len(forget))
+    cal = [forget[i] for i in order[:12]]
+    assert clf.n_calibration == 12
+    minima = np.sort([clf.scores(g).min() for g in cal])
+    assert clf.threshold == minima[math.floor(0.2 * 13) - 1]
+
+
 def test_prompt_classifier_separates_and_round_trips():
     forget = [[f"Where was Mara Lind born {i}?", f"Where did Mara Lind grow up {i}?"] for i in range(12)]
     retain = [f"What is the capital of country {i}?" for i in range(20)]
     clf = PromptClassifier.fit(forget, retain, embedder="hashing", alpha=0.2, seed=0)
-    assert clf.n_calibration == 8  # 30% of the 12 groups, 2 questions each
+    assert clf.n_calibration == 4  # 30% of the 12 groups (one calibration score per group)
     everything = [t for g in forget for t in g]
     assert clf.scores(everything).min() > clf.scores(retain).max()  # the head separates the two sets
     assert clf.flags(everything).mean() >= 1 - 0.2 and not clf.flags(retain).any()
@@ -463,7 +562,9 @@ def test_uld_logits_and_losses_match_direct_computations(toy):
     logp = target.log_softmax(-1)
     kth = logp.sort(-1, descending=True).values[..., 1:2]  # ⌊0.01·200⌋ = 2nd largest
     keep = logp >= torch.minimum(kth, logp.max(-1, keepdim=True).values + math.log(0.01))
-    torch.testing.assert_close(got, target - 0.8 * assistant * keep)
+    torch.testing.assert_close(got[keep], (target - 0.8 * assistant)[keep])
+    best = (target - 0.8 * assistant).masked_fill(~keep, -math.inf).amax(-1, keepdim=True)
+    torch.testing.assert_close(got[~keep], (best - 1e3).expand_as(got)[~keep])  # dropped tokens masked
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     u = torch.full((200,), 1 / 200)
     kl = [float((u * (u.log() - target[b, t].log_softmax(-1))).sum()) for b in range(2) for t in range(3) if mask[b, t]]
@@ -472,6 +573,20 @@ def test_uld_logits_and_losses_match_direct_computations(toy):
     asst = truncated_model(model, 1)
     assert asst.model.layers[0] is model.model.layers[0] and asst.lm_head is model.lm_head
     assert sum(p.numel() for p in asst.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_uld_masks_tokens_its_filter_drops_so_they_never_win():
+    # One plausible token (target logit 5) and 99 implausible ones (0, log-prob 5 below): the filter
+    # keeps token 0 only. An assistant logit offset of 8 everywhere lowers token 0 to 5 − 0.8·8 = −1.4;
+    # left unmasked, a dropped token (raw target logit 0) would win the argmax.
+    target = torch.zeros(1, 100)
+    target[0, 0] = 5.0
+    assistant = torch.full((1, 100), 8.0)
+    got = combine_logits(target, assistant, -0.8, 0.01)
+    assert int(got.argmax(-1)) == 0
+    assert float(got[0, 0]) == pytest.approx(5.0 - 0.8 * 8.0)
+    logp = got.log_softmax(-1)
+    assert torch.isfinite(logp).all() and float(logp[0, 0]) == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("make", [make_tiny_llama, make_tiny_gpt2])

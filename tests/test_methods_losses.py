@@ -258,7 +258,7 @@ def _refusal_batch(tok, index):
 
 
 def test_idk_sft_formula_and_refusals_follow_the_forget_rows(memorised, tiny_tokenizer):
-    method = _method("idk_sft", alpha=0.5)
+    method = _method("idk_sft", alpha=0.5, refusals="fixed")
     method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
     batch = _unlearn_batch(tiny_tokenizer, index=(3, 1, 2))
     built = method.refusals(batch)
@@ -274,7 +274,7 @@ def test_idk_sft_formula_and_refusals_follow_the_forget_rows(memorised, tiny_tok
 @pytest.mark.parametrize("ref", ["precompute", "copy"])
 def test_idk_dpo_formula(ref, memorised, tiny_tokenizer):
     beta, alpha = 0.1, 0.8
-    method = _method("idk_dpo", beta=beta, alpha=alpha, ref=ref)
+    method = _method("idk_dpo", beta=beta, alpha=alpha, ref=ref, refusals="fixed")
     start, batch = _start_then_perturb(method, memorised, tiny_tokenizer, index=(1, 3))
     win, lose = _refusal_batch(tiny_tokenizer, (1, 3)), batch.forget
     margin = (_seq_logp(memorised, win) - _seq_logp(start, win)) - (
@@ -315,11 +315,38 @@ def test_precompute_and_copy_give_the_same_losses(name, memorised, tiny_tokenize
     cp.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
     assert (pre.reference.mode, cp.reference.mode) == ("precompute", "copy")
     batch = _unlearn_batch(tiny_tokenizer, index=(3, 0, 1))
-    before = _loss(cp, memorised, batch)
+
+    def loss(method) -> float:  # the same random refusals for every call (idk_dpo draws them)
+        torch.manual_seed(0)
+        return _loss(method, memorised, batch)
+
+    before = loss(cp)
     _perturb(memorised)  # training moves the model; both references must stay at the start
-    after = _loss(cp, memorised, batch)
+    after = loss(cp)
     assert abs(after - before) > 1e-3
-    assert _loss(pre, memorised, batch) == pytest.approx(after, rel=1e-5)
+    assert loss(pre) == pytest.approx(after, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["idk_sft", "idk_dpo"])
+def test_refusals_are_drawn_at_random_on_every_use_by_default(name, memorised, tiny_tokenizer):
+    from obliviate.data.refusals import REFUSALS
+
+    method = _method(name)
+    assert method.config.refusals == "random"
+    method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
+    batch = _unlearn_batch(tiny_tokenizer, index=(3, 0, 1))
+    torch.manual_seed(0)
+    draws = []
+    for _ in range(3):
+        built = method.refusals(batch)
+        draws.append(list(method.refusals.last))
+        for row, (i, j) in enumerate(zip((3, 0, 1), method.refusals.last, strict=True)):
+            want = encode_items(tiny_tokenizer, [FORGET[i]], answers=[REFUSALS[j]])[0][0].input_ids
+            assert built["input_ids"][row, : len(want)].tolist() == want
+    assert len({tuple(d) for d in draws}) > 1  # another refusal on another use
+    torch.manual_seed(0)
+    method.refusals(batch)
+    assert method.refusals.last == draws[0]  # torch's RNG, which the loop checkpoints
 
 
 def test_npo_without_retain_term_needs_no_retain_data(memorised, tiny_tokenizer, tmp_path):

@@ -397,12 +397,32 @@ def test_snap_loss_formula_and_alternate_updates(tiny_llama, tiny_tokenizer):
         tiny_llama.lm_head.weight.add_(0.1)
     assert method.compute_loss(tiny_llama, batch).logs["swd"] > 0
 
+    # Alternate updates, as Opt-Out: two optimiser steps on every batch, the refusal CE alone first.
+    assert method.pre_step_loss(tiny_llama, batch) is None
     alt = SNAP(build_config(SNAP.Config, {"alternate_updates": True, "seed": 3}))
     alt.setup(tiny_llama, tiny_tokenizer, FORGET, RETAIN)
-    first, second, third = (alt.compute_loss(tiny_llama, batch) for _ in range(3))
-    assert set(first.logs) == {"refusal_nll"} and set(third.logs) == {"refusal_nll"}
-    assert set(second.logs) == {"retain_nll", "swd"}
+    first, second = alt.pre_step_loss(tiny_llama, batch), alt.compute_loss(tiny_llama, batch)
+    assert set(first.logs) == {"refusal_nll"} and set(second.logs) == {"retain_nll", "swd"}
     assert first.loss.item() == pytest.approx(_hand_ce(tiny_llama, refusal).item(), rel=1e-5)
+
+
+def test_snap_alternate_updates_step_twice_on_every_batch(tiny_llama, tiny_tokenizer, tmp_path):
+    steps = []
+    original = torch.optim.AdamW.step
+
+    def counted(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    cfg = build_config(SNAP.Config, {"alternate_updates": True, "max_steps": 3, "batch_size": 2, "lr": 1e-3})
+    torch.optim.AdamW.step = counted
+    try:
+        summary = SNAP(cfg).unlearn(tiny_llama, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+    finally:
+        torch.optim.AdamW.step = original
+    assert summary["steps"] == 3 and len(steps) == 6
+    logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert all({"refusal_nll", "retain_nll", "swd"} <= set(r) for r in logs)
 
 
 def test_refusal_rate_and_ngram_entropy():

@@ -131,7 +131,8 @@ def rouge1_recall(answer: str, generation: str) -> float:
 
 # The methods each test below runs; `uoe` needs a mixture-of-experts world (tests/test_uoe.py).
 COVERED = {"ga", "graddiff", "kl", "npo", "simnpo", "idk_sft", "snap", "idk_dpo", "flat", "random_label", "rmu",
-           "whp", "ssd", "task_vector", "eco", "guard", "spul", "icul", "prompt", "uld"}
+           "whp", "ssd", "task_vector", "eco", "guard", "spul", "icul", "prompt", "uld",
+           "spul+gate", "icul+gate", "prompt+gate"}
 
 
 def test_every_registered_method_has_a_world_test():
@@ -163,9 +164,17 @@ def target(world) -> Scores:
     return s
 
 
+# The tiny world's forget set leaves 12 calibration facts for the prompt classifier: too few for the
+# default α = 0.05 (k = ⌊α(n + 1)⌋ = 0 flags every prompt), enough for α = 0.1 (k = 1).
+WORLD_DETECTOR = {"alpha": 0.1}
+
+
 def unlearn(world: World, name: str, out_dir):
-    """(method, unlearned model) for `name` with its default config."""
-    method = METHODS[name]()
+    """(method, unlearned model) for `name` with its default config (the classifier's α as above)."""
+    from obliviate.methods.eco import DetectorConfig
+
+    cls = METHODS[name]
+    method = cls(cls.Config(**WORLD_DETECTOR)) if issubclass(cls.Config, DetectorConfig) else cls()
     model = copy.deepcopy(world.model)
     method.unlearn(model, world.tok, world.forget_train, world.retain_train, out_dir, progress=False)
     if isinstance(method, InterventionMethod):
@@ -408,7 +417,15 @@ def test_classifier_flags_forget_prompts(world, target, tmp_path, name):
     assert flagged_forget > 0.5 and flagged_retain < 0.05, (flagged_forget, flagged_retain)
 
 
-@pytest.mark.parametrize("name", ["spul", "icul", "prompt", "uld"])
+@pytest.mark.parametrize("name", ["spul", "icul", "prompt"])
+def test_ungated_prefix_methods_lower_the_forget_probability(world, target, tmp_path, name):
+    """The papers' form prepends to every prompt: on the world's models, trained only on documents
+    that start at the BOS, any prefix also damages retain answers (docs/methods.md, *Gate*)."""
+    _, model = unlearn(world, name, tmp_path)
+    check_forgets(scores(model, world), target)
+
+
+@pytest.mark.parametrize("name", ["spul+gate", "icul+gate", "prompt+gate", "uld"])
 def test_forget_probability_falls_more_than_retain(world, target, tmp_path, name):
     _, model = unlearn(world, name, tmp_path)
     after = scores(model, world)

@@ -77,3 +77,106 @@ def test_item_rows_cover_every_set(result):
     assert {r["set"] for r in rows} == {"forget", "retain", "facts", "holdout"}
     assert sum(r["set"] == "forget" for r in rows) == len(FORGET)
     assert all("generation" in r for r in rows if r["set"] == "forget")
+
+
+def test_model_utility_ci_resamples_the_items_of_a_set_jointly():
+    """An item's probability, ROUGE and truth ratio move together in a replicate: with three equal
+    components the utility of every replicate is the mean of one resample, so the CI is that mean's
+    bootstrap CI. Resampling each component on its own would average three independent draws and
+    narrow it by about √3."""
+    from obliviate.evals.qa import N_BOOT, _model_utility
+
+    x = np.random.default_rng(1).choice([0.2, 1.0], size=60)
+    got = _model_utility({f"retain/{m}": x for m in ("probability", "rouge", "truth_ratio")})
+    assert got["value"] == pytest.approx(x.mean()) and got["n"] == 3
+    rng = np.random.default_rng(7)
+    means = [x[rng.integers(0, len(x), len(x))].mean() for _ in range(N_BOOT)]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert got["ci_high"] - got["ci_low"] == pytest.approx(hi - lo, rel=0.15)
+    # Two sets are drawn independently of each other; NaN items are left out of their component.
+    y = x.copy()
+    y[:5] = np.nan
+    two = _model_utility({"retain/probability": x, "retain/truth_ratio": y, "facts/probability": x[::-1]})
+    assert two["ci_low"] <= two["value"] <= two["ci_high"] and two["components"] == [
+        "facts/probability", "retain/probability", "retain/truth_ratio"]
+
+
+def test_truth_score_directions_agree_between_the_metric_table_and_the_suite(result):
+    from obliviate.metrics.registry import METRICS
+
+    agg = result.aggregates
+    assert agg["forget/truth_ratio"]["higher_is_better"] == METRICS["forget_truth_score"].higher_is_better
+    assert agg["retain/truth_ratio"]["higher_is_better"] == METRICS["retain_truth_score"].higher_is_better
+
+
+def test_without_generations_model_utility_is_not_reported_under_its_name():
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    out = run_qa_suite(make_tiny_llama(), build_tiny_tokenizer(), FORGET, RETAIN, UTILITY, generate=False)
+    agg = out.aggregates
+    assert "model_utility" not in agg
+    assert agg["model_utility_without_rouge"]["n"] == 4  # {retain, facts} × {probability, truth ratio}
+    assert not any(c.endswith("/rouge") for c in agg["model_utility_without_rouge"]["components"])
+
+
+def test_reference_mia_tofu_privleak_and_forget_paraphrase_and_perturbed_scores():
+    from obliviate.evals.qa import oracle_mia_aucs_from_items, tofu_privleak
+    from obliviate.models.scoring import score_qa
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    model, tok = make_tiny_llama(), build_tiny_tokenizer()
+    oracle = run_qa_suite(make_tiny_llama(seed=1), tok, FORGET, RETAIN, holdout=RETAIN, max_new_tokens=4)
+    aucs = oracle_mia_aucs_from_items(oracle.items())
+    assert set(aucs) == {"loss", "zlib", "min_k", "min_k_pp"}
+    assert aucs["min_k"] == pytest.approx(oracle.aggregates["mia/min_k_auc"]["value"])
+    out = run_qa_suite(model, tok, FORGET, RETAIN, holdout=RETAIN, max_new_tokens=4,
+                       reference_model=make_tiny_llama(seed=2), oracle_mia_auc=aucs)
+    agg = out.aggregates
+    assert "mia/reference_auc" in agg
+    for attack in aucs:
+        assert agg[f"mia/{attack}_privleak"]["value"] == pytest.approx(
+            tofu_privleak(agg[f"mia/{attack}_auc"]["value"], aucs[attack]))
+    assert tofu_privleak(1.0, 0.5) == pytest.approx(-100.0) and tofu_privleak(0.5, 0.5) == 0.0
+    # Forget paraphrased / perturbed answers: item 2 has no paraphrased answer.
+    scored = score_qa(model, tok, FORGET)
+    forget = next(s for s in out.sets if s.role == "forget")
+    para = forget.extra["paraphrase_probability"]
+    assert para[0] == pytest.approx(np.exp(-scored[0]["paraphrased_answer"].mean_nll)) and np.isnan(para[2])
+    pert = np.mean([np.exp(-p.mean_nll) for p in scored[1]["perturbed_answers"]])
+    assert forget.extra["perturbed_probability"][1] == pytest.approx(pert)
+    assert agg["forget/paraphrase_probability"]["n"] == 2 and "forget/perturbed_rouge" in agg
+
+
+def test_gradnorm_mia_is_minus_the_mean_gradient_norm_and_leaves_the_model_as_it_was():
+    import torch
+
+    from obliviate.evals.gradients import answer_gradient_norms
+    from obliviate.train.data import collate, encode_items
+    from obliviate.train.losses import answer_nll
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    model, tok = make_tiny_llama(), build_tiny_tokenizer()
+    model.requires_grad_(False)  # frozen, as a wrapped model is
+    norms = answer_gradient_norms(model, tok, FORGET[:2])
+    probe = make_tiny_llama()
+    enc = encode_items(tok, [FORGET[1]])[0]
+    answer_nll(probe, collate(enc, tok.pad_token_id)).sum().backward()
+    want = torch.stack([q.grad.norm(2) for q in probe.parameters()]).mean()
+    assert norms[1] == pytest.approx(float(want), rel=1e-4)
+    assert not any(q.requires_grad or q.grad is not None for q in model.parameters())
+    out = run_qa_suite(model, tok, FORGET, RETAIN, holdout=RETAIN, max_new_tokens=4, gradnorm=True)
+    assert "mia/gradnorm_auc" in out.aggregates
+
+
+def test_fluency_of_forget_generations():
+    from obliviate.metrics import repetition_rate
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    np.testing.assert_allclose(repetition_rate(["the the the the", "a b c d", "one", ""]), [2 / 3, 0, 0, 0])
+    out = run_qa_suite(make_tiny_llama(), build_tiny_tokenizer(), FORGET, RETAIN, max_new_tokens=6,
+                       fluency_classifier=lambda texts: [0.25] * len(texts))
+    agg = out.aggregates
+    assert agg["forget/fluency"]["value"] == pytest.approx(0.25) and agg["forget/fluency"]["higher_is_better"]
+    forget = next(s for s in out.sets if s.role == "forget")
+    assert agg["forget/repetition_rate"]["value"] == pytest.approx(repetition_rate(forget.generations).mean())
+    assert agg["forget/repetition_rate"]["higher_is_better"] is False

@@ -15,11 +15,26 @@ Across sets:
   model), reported with the KS statistic and both n. It depends on n: never compare it across
   forget-set sizes.
 - **model utility**: harmonic mean of {retain, utility sets} × {probability, rouge, truth ratio}.
+  Without generation (`generate=False`) there is no ROUGE, and the harmonic mean of the other
+  components is reported as `model_utility_without_rouge`, never as model utility.
 - **memorisation** on the forget set: exact memorisation and extraction strength.
 - **membership inference** when a holdout (never-trained) set is given: LOSS, zlib, Min-K% and
-  Min-K%++ AUCs with forget = members, holdout = non-members, plus TPR at 1% FPR.
+  Min-K%++ AUCs with forget = members, holdout = non-members, plus TPR at 1% FPR; with a
+  `reference_model` (same tokenizer), the reference attack too (mean log-prob minus the reference
+  model's), and with `gradnorm` the white-box GradNorm attack (`evals/gradients.py`, one backward
+  pass per item). Given the oracle's AUCs (`oracle_mia_auc`, e.g. `oracle_mia_aucs_from_items` of its
+  items.jsonl), TOFU's PrivLeak per attack, as open-unlearning computes it:
+  ((1 − AUC) − (1 − AUC_oracle)) / (1 − AUC_oracle + 1e-10) × 100 (near 0 is good, −100 for a model
+  that memorised the forget set).
+- **fluency** of the forget set's generations: the repetition rate (`metrics/fluency.py`), and with
+  a `fluency_classifier` (texts -> P(fluent), e.g. open-unlearning's gibberish classifier) its score.
+- **paraphrased and perturbed answers** on the forget set, as open-unlearning reports them beside
+  the answer's: the probability of the paraphrased answer and the mean probability of the perturbed
+  ones, and the ROUGE-L recall of the greedy answer against each (perturbed: the mean over them).
 
-Every mean carries a 95% bootstrap CI; model utility's CI resamples every component's items.
+Every mean carries a 95% bootstrap CI. Model utility's CI resamples items jointly within each set:
+one draw of a set's items per replicate serves its probability, ROUGE and truth ratio, so that the
+three numbers of one item move together; the sets are drawn independently of one another.
 Scoring (models/) is separate from the metrics (metrics/), which are pure functions of the arrays
 computed here, so saved per-item values of an oracle can stand in for the oracle model.
 """
@@ -41,6 +56,8 @@ from obliviate.models.prompts import PromptFormat
 from obliviate.models.scoring import score_qa
 
 N_BOOT = 1000
+MODEL_UTILITY = "model_utility"
+MODEL_UTILITY_WITHOUT_ROUGE = "model_utility_without_rouge"  # generation off: 2 of 3 numbers per set
 
 
 @dataclass
@@ -60,6 +77,8 @@ class SetScores:
     extraction: np.ndarray | None = None
     mia: dict[str, np.ndarray] = field(default_factory=dict)
     ou: dict[str, np.ndarray] = field(default_factory=dict)  # open-unlearning's variants (evals/open_unlearning.py)
+    # forget set only: the paraphrased and perturbed answers' probabilities and ROUGE (NaN where absent)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def item_rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -84,6 +103,8 @@ class SetScores:
                 row["extraction_strength"] = float(self.extraction[i])
             for key, values in self.mia.items():
                 row[f"mia_{key}"] = float(values[i])
+            for key, values in self.extra.items():
+                row[key] = float(values[i])
             rows.append(row)
         return rows
 
@@ -116,6 +137,9 @@ def score_set(
     generate: bool = True,
     max_new_tokens: int | None = None,
     tracker: EvalProgress | None = None,
+    reference_model=None,
+    gradnorm: bool = False,
+    fluency_classifier=None,
 ) -> SetScores:
     """Score one set: all the per-item arrays the aggregates are computed from."""
     need_stats = role in ("forget", "holdout")
@@ -145,6 +169,11 @@ def score_set(
         matches = [s["answer"].argmax_match for s in scored]
         out.exact_mem = M.exact_memorisation(matches)
         out.extraction = M.extraction_strength(matches)
+        out.extra = _paraphrase_and_perturbed(items, scored, out.generations)
+        if out.generations is not None:
+            out.extra["repetition_rate"] = M.repetition_rate(out.generations)
+            if fluency_classifier is not None:
+                out.extra["fluency"] = M.fluency_scores(out.generations, fluency_classifier)
     if need_stats:
         out.ou = ou_item_scores([s["answer"] for s in scored], role)
         logps = [s["answer"].logprobs for s in scored]
@@ -157,6 +186,55 @@ def score_set(
                 logps, [s["answer"].mu for s in scored], [s["answer"].var for s in scored], k=0.4
             ),
         }
+        if reference_model is not None:
+            ref = score_qa(reference_model, tokenizer, items, fmt=fmt, batch_size=batch_size, fields=("answer",))
+            out.mia["reference"] = M.reference_score(logps, [s["answer"].logprobs for s in ref])
+        if gradnorm:
+            from obliviate.evals.gradients import answer_gradient_norms
+
+            out.mia["gradnorm"] = -answer_gradient_norms(model, tokenizer, items, fmt)
+    return out
+
+
+# Direction of the forget set's extra aggregates (None: compare with the oracle).
+EXTRA_DIRECTIONS = {"repetition_rate": False, "fluency": True}
+
+
+def _paraphrase_and_perturbed(items: Sequence[QAItem], scored: list[dict], generations: list[str] | None
+                              ) -> dict[str, np.ndarray]:
+    """Per forget item: paraphrased answer's probability, perturbed answers' mean probability, and the
+    ROUGE-L recall of the generation against each (NaN where an item has none)."""
+    nan = float("nan")
+    para = np.array([nan if s["paraphrased_answer"] is None else np.exp(-s["paraphrased_answer"].mean_nll)
+                     for s in scored])
+    pert = np.array([np.mean([np.exp(-p.mean_nll) for p in s["perturbed_answers"]]) if s["perturbed_answers"]
+                     else nan for s in scored])
+    out = {"paraphrase_probability": para, "perturbed_probability": pert}
+    if generations is not None:
+        rouge = lambda refs, gen: float(np.mean(M.rouge_l(refs, [gen] * len(refs))["recall"]))  # noqa: E731
+        out["paraphrase_rouge"] = np.array([rouge([it.paraphrased_answer], g) if it.paraphrased_answer else nan
+                                            for it, g in zip(items, generations, strict=True)])
+        out["perturbed_rouge"] = np.array([rouge(list(it.perturbed_answers), g) if it.perturbed_answers else nan
+                                           for it, g in zip(items, generations, strict=True)])
+    return out
+
+
+def tofu_privleak(auc: float, auc_oracle: float) -> float:
+    """open-unlearning's privleak: ((1 − AUC) − (1 − AUC_oracle)) / (1 − AUC_oracle + 1e-10) × 100."""
+    from obliviate.evals.open_unlearning import privleak
+
+    return privleak(auc, auc_oracle)
+
+
+def oracle_mia_aucs_from_items(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The oracle's membership AUC per attack (forget vs holdout) from its saved items.jsonl."""
+    out = {}
+    keys = sorted({k for r in rows for k in r if k.startswith("mia_")})
+    for key in keys:
+        forget = [r[key] for r in rows if r["set"] == "forget" and key in r]
+        holdout = [r[key] for r in rows if r["set"] == "holdout" and key in r]
+        if forget and holdout:
+            out[key.removeprefix("mia_")] = float(M.mia_auc(forget, holdout)["auc"])
     return out
 
 
@@ -178,22 +256,42 @@ def _utility_components(sets: Sequence[SetScores]) -> dict[str, np.ndarray]:
     return comps
 
 
+def _nanmean(values: np.ndarray) -> float:
+    """Mean over the non-NaN values (NaN when there are none)."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else float("nan")
+
+
 def _model_utility(comps: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
-    """Harmonic mean of the component means, with a bootstrap CI that resamples each component."""
-    clean = {k: v[~np.isnan(v)] for k, v in comps.items()}
-    clean = {k: v for k, v in clean.items() if v.size}  # no truth ratio on sets without perturbed answers (RWKU)
-    value = M.model_utility({k: float(v.mean()) for k, v in clean.items()})
+    """Harmonic mean of the component means ("SET/metric" -> per-item values), with a bootstrap CI
+    that resamples the items of each set jointly across its components (module docstring). A component
+    with no value at all (no truth ratio on sets without perturbed answers, RWKU) is left out."""
+    comps = {k: np.asarray(v, dtype=float) for k, v in comps.items()}
+    names = sorted(k for k, v in comps.items() if (~np.isnan(v)).any())
+    value = M.model_utility({k: _nanmean(comps[k]) for k in names})
+    by_set: dict[str, list[str]] = {}
+    for key in names:
+        by_set.setdefault(key.rpartition("/")[0], []).append(key)
+    for keys in by_set.values():
+        if len({len(comps[k]) for k in keys}) > 1:
+            raise ValueError(f"model utility: components {keys} of one set differ in length")
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(N_BOOT):
-        means = {k: float(v[rng.integers(0, len(v), len(v))].mean()) for k, v in clean.items()}
-        boots.append(M.model_utility(means))
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"value": float(value), "ci_low": float(lo), "ci_high": float(hi), "n": len(clean),
-            "higher_is_better": True, "components": sorted(clean)}
+        means = {}
+        for keys in by_set.values():
+            n = len(comps[keys[0]])
+            idx = rng.integers(0, n, n)  # one draw of the set's items for all its components
+            means.update({k: _nanmean(np.asarray(comps[k], dtype=float)[idx]) for k in keys})
+        # A replicate that drew only NaN items for a component has no utility; it is left out.
+        boots.append(np.nan if any(np.isnan(v) for v in means.values()) else M.model_utility(means))
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    return {"value": float(value), "ci_low": float(lo), "ci_high": float(hi), "n": len(names),
+            "higher_is_better": True, "components": names}
 
 
-def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = None) -> dict[str, dict]:
+def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = None,
+              oracle_mia_auc: Mapping[str, float] | None = None) -> dict[str, dict]:
     """results.json aggregates: each metric with value, 95% CI, n and direction."""
     out: dict[str, dict] = {}
     for s in sets:
@@ -207,9 +305,15 @@ def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = N
         if forget:
             out[f"{s.name}/exact_memorisation"] = _summary(s.exact_mem, False)
             out[f"{s.name}/extraction_strength"] = _summary(s.extraction, False)
+            for key, values in s.extra.items():
+                if not np.isnan(values).all():
+                    out[f"{s.name}/{key}"] = _summary(values, EXTRA_DIRECTIONS.get(key))
     comps = _utility_components(sets)
     if comps:
-        out["model_utility"] = _model_utility(comps)
+        # Without generations there is no ROUGE: the harmonic mean of the other components is
+        # another number than model utility, so it is reported under its own name.
+        complete = all(s.rouge is not None for s in sets if s.role in ("retain", "utility"))
+        out[MODEL_UTILITY if complete else MODEL_UTILITY_WITHOUT_ROUGE] = _model_utility(comps)
     forget = next((s for s in sets if s.role == "forget"), None)
     if forget is not None and oracle_forget_tr is not None:
         fq = M.forget_quality(forget.truth_ratio[~np.isnan(forget.truth_ratio)],
@@ -223,6 +327,10 @@ def aggregate(sets: Sequence[SetScores], oracle_forget_tr: np.ndarray | None = N
             out[f"mia/{attack}_auc"] = {"value": float(res["auc"]), "tpr_at_1pct_fpr": float(res["tpr_at_1pct_fpr"]),
                                         "n": len(forget.mia[attack]), "n_nonmember": len(holdout.mia[attack]),
                                         "higher_is_better": None}
+            if oracle_mia_auc and attack in oracle_mia_auc:
+                out[f"mia/{attack}_privleak"] = {"value": tofu_privleak(res["auc"], oracle_mia_auc[attack]),
+                                                 "auc_oracle": float(oracle_mia_auc[attack]),
+                                                 "higher_is_better": None}
     return out
 
 
@@ -256,8 +364,14 @@ def run_qa_suite(
     max_new_tokens: int | None = None,
     progress: bool = False,
     name: str = "eval",
+    reference_model=None,
+    oracle_mia_auc: Mapping[str, float] | None = None,
+    gradnorm: bool = False,
+    fluency_classifier=None,
 ) -> QAResult:
-    """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios.
+    """Score every set and aggregate. `oracle_forget_tr`: the oracle's per-item forget truth ratios;
+    `reference_model` (same tokenizer): adds the reference MIA; `oracle_mia_auc`: the oracle's AUC per
+    attack, for TOFU's PrivLeak (module docstring).
 
     The prompt format and the generation budget are the tokenizer's (`format_of`) unless given. With
     `progress`, a display per set and phase (scoring, generation), headed by `name` (the model or run).
@@ -267,11 +381,16 @@ def run_qa_suite(
     if holdout:
         plan.append((holdout, "holdout", "holdout"))
     sizes = [(set_name, role, len(items)) for items, set_name, role in plan]
+    # The membership attacks that need more than the model run on forget and holdout, with a holdout.
+    mia = dict(reference_model=reference_model, gradnorm=gradnorm) if holdout else {}
     with EvalProgress(name, sizes, generate, enabled=progress) as tracker:
         kwargs = dict(fmt=fmt, batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens,
                       tracker=tracker)
-        sets = [score_set(model, tokenizer, items, set_name, role, **kwargs) for items, set_name, role in plan]
-    return QAResult(aggregate(sets, oracle_forget_tr), sets)
+        sets = [score_set(model, tokenizer, items, set_name, role, **kwargs,
+                          **(mia if role in ("forget", "holdout") else {}),
+                          **({"fluency_classifier": fluency_classifier} if role == "forget" else {}))
+                for items, set_name, role in plan]
+    return QAResult(aggregate(sets, oracle_forget_tr, oracle_mia_auc), sets)
 
 
 class EvalProgress:

@@ -1,5 +1,7 @@
 """The leaderboard: one row per method × forget split (and the target and oracle anchors), each
-metric's mean over seeds with a 95% confidence interval over seeds.
+metric's mean over seeds with a 95% confidence interval over seeds. A method's row is shown under
+its labelled-variant name (`spul+gate`, `methods/base.py`) when its settings depart from the paper;
+`method` keeps the name the bench ran it as.
 
 Interval: Student's t over the per-seed values (each seed a new world, target, oracle and
 unlearning run, so seeds are independent replicates), computed on a scale that keeps it within the
@@ -127,6 +129,14 @@ def _views(spec: BenchSpec, root: Path) -> dict[tuple[str, str], dict[int | None
     return views
 
 
+def display_name(spec: BenchSpec, method: str) -> str:
+    """The name a method's rows are shown under: its labelled variant under the bench's `--set` pairs
+    (`spul` with `gate=classifier` is `spul+gate`)."""
+    from obliviate.methods import label_for_overrides
+
+    return label_for_overrides(method, spec.overrides.get(method, []))
+
+
 def _missing(spec: BenchSpec, root: Path) -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = {}
     for cell in spec.cells():
@@ -150,9 +160,13 @@ def build_leaderboard(root: Path) -> dict[str, Any]:
                 if (split, name) not in missing:
                     continue  # no oracle given on user data
             seeds = sorted(per_seed, key=lambda s: -1 if s is None else s)
-            row = {"split": split, "model": name, "kind": "anchor" if name in ("target", "oracle") else "method",
+            anchor = name in ("target", "oracle")
+            row = {"split": split, "model": name if anchor else display_name(spec, name),
+                   "kind": "anchor" if anchor else "method",
                    "seeds": seeds, "n_seeds": len(seeds), "incomplete": missing.get((split, name), []),
                    "metrics": {}}
+            if not anchor:
+                row["method"] = name
             for column in COLUMNS:
                 values = [column.get(per_seed[s]) for s in seeds]
                 if any(v is not None for v in values):

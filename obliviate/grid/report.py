@@ -299,6 +299,8 @@ def _attack_section(by_split: dict[str, list[dict]], root: Path) -> str:
 
 def relearn_panels(root: Path) -> list[dict[str, Any]]:
     """Relearning curves from the cells' attack results ({"curves": {"relearn": {...}}}), seed 0's."""
+    from obliviate.bench.leaderboard import display_name
+
     spec = load_spec(root)
     panels = []
     for cell in spec.cells():
@@ -306,7 +308,7 @@ def relearn_panels(root: Path) -> list[dict[str, Any]]:
             continue
         curve = ((read_json(cell.path(root) / RESULT).get("attacks") or {}).get("curves") or {}).get("relearn")
         if curve and cell.seed in (spec.seeds[0], None):
-            panels.append(relearn_panel(curve, f"{cell.method} {cell.split}"))
+            panels.append(relearn_panel(curve, f"{display_name(spec, cell.method)} {cell.split}"))
     return panels
 
 

@@ -49,13 +49,21 @@ class RunContext:
     notes: list[str] = field(default_factory=list)
 
 
+def run_label(config: dict[str, Any]) -> str | None:
+    """The name a run is shown under: its method's labelled-variant name for its config (`spul+gate`)."""
+    from obliviate.methods import method_label
+
+    method = config.get("method")
+    return method_label(method, config.get("method_config")) if method else None
+
+
 def write_run_report(run_dir: Path, out: Path | None = None, context: RunContext | None = None) -> Path:
     run_dir = Path(run_dir)
     results = read_json(run_dir / "results.json")
     config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
     items = read_jsonl(run_dir / "items.jsonl") if (run_dir / "items.jsonl").is_file() else []
     ctx = context if context is not None else build_context(run_dir, config, results)
-    name = config.get("method") or run_dir.name
+    name = run_label(config) or run_dir.name
     columns = {**({"target": ctx.anchors["target"]} if "target" in ctx.anchors else {}),
                name: results.get("aggregates", {}),
                **({"oracle": ctx.anchors["oracle"]} if "oracle" in ctx.anchors else {})}

@@ -9,12 +9,17 @@ detector. Here:
   and tiny worlds).
 - **Head**: L2-regularised logistic regression, forget prompts (label 1) against retain prompts
   (label 0), with balanced class weights.
-- **Threshold** τ by split-conformal calibration on held-out forget prompts: with calibration
-  scores s_1..s_n and k = ⌊α(n + 1)⌋, τ = s_(k) (the k-th smallest; −∞ when k = 0). A prompt is
-  flagged when its score is ≥ τ. For a new forget prompt exchangeable with the calibration ones,
-  P(score < τ) ≤ k / (n + 1) ≤ α, so the false-negative rate is at most α. With fewer than
-  1/α − 1 calibration prompts, k = 0 and every prompt is flagged: the guarantee costs recall
-  of retain prompts, never of forget ones.
+- **Threshold** τ by split-conformal calibration on held-out forget *groups* (a question and its
+  paraphrases; whole groups are held out at random, so groups, not prompts, are exchangeable).
+  Each calibration group gives one score, its lowest: s_i = min over the group's prompts. With
+  n calibration groups and k = ⌊α(n + 1)⌋, τ = s_(k) (the k-th smallest; −∞ when k = 0). A prompt
+  is flagged when its score is ≥ τ. For a new forget group exchangeable with the calibration ones,
+  P(some prompt of the group scores < τ) = P(its minimum < τ) ≤ k / (n + 1) ≤ α, so any prompt of
+  it, in any of its forms, is missed with probability at most α: the false-negative rate is at
+  most α exactly, not only approximately as it would be with the prompts pooled (the forms of one
+  fact score alike, so pooled prompts are not exchangeable). The group's maximum would bound only
+  the rate of facts missed in every form. With fewer than 1/α − 1 calibration groups, k = 0 and
+  every prompt is flagged: the guarantee costs recall of retain prompts, never of forget ones.
 
 At run time only numpy is needed: the head is stored as its weight vector and bias.
 
@@ -22,11 +27,11 @@ At run time only numpy is needed: the head is stored as its weight vector and bi
 small model, and most prompts a deployed model sees are not about the forget set. With
 `prefilter="hashing"` a hashing classifier screens every prompt first, and only the prompts it flags
 are embedded by the main classifier; a prompt is flagged when both stages flag it. Both stages are
-fitted on the same training prompts and calibrated on the same n held-out forget prompts, and they
-share the k = ⌊α(n + 1)⌋ calibration misses that α allows: the prefilter takes one, the main
-classifier the other k − 1. For a new forget prompt
+fitted on the same training prompts and calibrated on the same n held-out forget groups (each
+stage scoring a group by its own minimum), and they share the k = ⌊α(n + 1)⌋ calibration misses
+that α allows: the prefilter takes one, the main classifier the other k − 1. For a new forget group
 
-    P(missed) ≤ P(s_hash < τ_hash) + P(s_main < τ_main) ≤ 1/(n + 1) + (k − 1)/(n + 1) ≤ α   (union bound)
+    P(missed) ≤ P(min s_hash < τ_hash) + P(min s_main < τ_main) ≤ 1/(n + 1) + (k − 1)/(n + 1) ≤ α   (union bound)
 
 so the false-negative guarantee is kept. The main stage's τ drops from the k-th to the (k − 1)-th
 lowest calibration score, so behind the prefilter it flags at least what it flags alone. The cascade
@@ -160,6 +165,11 @@ def conformal_threshold(calibration_scores: Sequence[float], alpha: float) -> fl
     return kth_smallest(calibration_scores, calibration_misses(len(calibration_scores), alpha))
 
 
+def group_scores(group_prompt_scores: Sequence[Sequence[float]]) -> np.ndarray:
+    """One calibration score per group: its lowest prompt score (module docstring, *Threshold*)."""
+    return np.array([min(g) for g in group_prompt_scores], dtype=float)
+
+
 # ---------------------------------------------------------------------------------------------
 # The classifier
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +208,7 @@ class PromptClassifier:
         Whole groups are held out for calibration, so no calibration prompt is a paraphrase of a
         training prompt. `threshold`, when given, replaces the conformal one (no held-out split).
         `prefilter` names a cheaper embedder for a first stage (module docstring); it needs the
-        conformal threshold and is left out when it is the main embedder or the calibration prompts
+        conformal threshold and is left out when it is the main embedder or the calibration groups
         are too few to share α (k < 2). `prefilter_retain_share` is the share of the retain training
         prompts that score above the prefilter's threshold (when its calibration bound is not lower).
         """
@@ -207,28 +217,32 @@ class PromptClassifier:
             raise ConfigError("the prompt classifier needs forget prompts and retain prompts")
         order = np.random.default_rng(seed).permutation(len(groups))
         n_cal = 0 if threshold is not None else min(len(groups) - 1, round(calibration_fraction * len(groups)))
-        cal = [t for i in order[:n_cal] for t in groups[i]]
+        cal = [groups[i] for i in order[:n_cal]]
         train = [t for i in order[n_cal:] for t in groups[i]]
         out = cls._fit_head(train, retain_texts, embedder, c)
         if threshold is not None:
             out.threshold = float(threshold)
             return out
-        out.alpha, out.n_calibration = alpha, len(cal)
+        out.alpha, out.n_calibration = alpha, len(cal)  # n counts groups: one score each
         k = calibration_misses(len(cal), alpha)
         if prefilter is not None and prefilter != embedder and k >= 2:
             # One of the k calibration misses goes to the prefilter, the other k − 1 to the main stage.
             stage = cls._fit_head(train, retain_texts, prefilter, c)
             stage.by_sentence = True
-            stage.threshold = min(kth_smallest(stage.scores(cal), 1),
+            stage.threshold = min(kth_smallest(stage.group_scores(cal), 1),
                                   float(np.quantile(stage.scores(retain_texts), 1 - prefilter_retain_share)))
             stage.alpha, stage.n_calibration = 1 / (len(cal) + 1), len(cal)
             out.prefilter, k = stage, k - 1
-        out.threshold = kth_smallest(out.scores(cal), k)
+        out.threshold = kth_smallest(out.group_scores(cal), k)
         if math.isinf(out.threshold):
-            warnings.warn(f"prompt classifier: {len(cal)} calibration prompts are too few for alpha={alpha} "
-                          f"(need at least {math.ceil(1 / alpha) - 1}); every prompt will be flagged. Use "
-                          "more forget items, a larger alpha or a fixed threshold.", stacklevel=2)
+            warnings.warn(f"prompt classifier: {len(cal)} calibration groups (forget items with their paraphrases) "
+                          f"are too few for alpha={alpha} (need at least {math.ceil(1 / alpha) - 1}); every prompt "
+                          "will be flagged. Use more forget items, a larger alpha or a fixed threshold.", stacklevel=2)
         return out
+
+    def group_scores(self, groups: Sequence[Sequence[str]]) -> np.ndarray:
+        """Each group's calibration score: the lowest score of its prompts."""
+        return group_scores([self.scores(g) for g in groups])
 
     @classmethod
     def _fit_head(cls, train: Sequence[str], retain_texts: Sequence[str], embedder: str, c: float

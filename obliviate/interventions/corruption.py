@@ -15,11 +15,21 @@ embedding whatever the hidden size):
 Chosen tokens are the subject's tokens where the prompt contains a forget subject (the paper uses
 an entity tagger; the forget set's subjects stand in for it), else every prompt token but the
 last. Special tokens (BOS) are never corrupted: they carry no content. The prompt is found by
-the format's marker (`regions.py`), so a prefill of the prompt alone and a full prompt + answer
-sequence corrupt the same tokens in the same way.
+the format's marker (`regions.py`).
+
+**Answers.** When a full prompt + answer sequence is scored (teacher forcing), ECO's evaluator
+corrupts the answer's entity tokens as well (`eco/attack/model.py`: the token tagger reads prompt
++ answer; without a tagger, every token but the last). With `corrupt_answers` (the default) the
+same happens here: the subject's tokens in the answer too when the prompt names a subject, else
+every token of the sequence but the last. A prefill of the prompt alone (generation) has no answer
+tokens and is corrupted as before, so scoring and generation see the same prompt corruption; the
+scorer runs full sequences (`shares_prompt_cache` is False). With `corrupt_answers=False` (this
+project's variant) only the prompt is ever corrupted, so teacher-forced scores describe exactly
+the distribution that generates.
 
 The noise of a prompt is drawn from a generator seeded by (seed, the prompt's token ids): the same
-prompt is corrupted identically in every batch, in both scoring paths and after save/load.
+prompt is corrupted identically in every batch, in both scoring paths and after save/load. Noise
+for the positions that only scoring corrupts is drawn after the prompt's, from the same generator.
 """
 
 from __future__ import annotations
@@ -74,7 +84,8 @@ class EmbeddingCorruption(Intervention):
     kind = "embedding_corruption"
 
     def __init__(self, detector: Detector, corruption: str, strength: float, dims: int, embed_scale: float,
-                 subject_ids: list[list[int]] | None = None, seed: int = 0, skip_ids: Sequence[int] = ()) -> None:
+                 subject_ids: list[list[int]] | None = None, seed: int = 0, skip_ids: Sequence[int] = (),
+                 corrupt_answers: bool = True) -> None:
         super().__init__()
         if corruption not in CORRUPTIONS:
             raise ConfigError(f"unknown corruption '{corruption}' (choose from {', '.join(CORRUPTIONS)})")
@@ -86,6 +97,12 @@ class EmbeddingCorruption(Intervention):
         self.subject_ids = [list(s) for s in subject_ids or []]
         self.seed = int(seed)
         self.skip_ids = sorted(int(i) for i in skip_ids)
+        self.corrupt_answers = bool(corrupt_answers)
+
+    @property
+    def shares_prompt_cache(self) -> bool:  # type: ignore[override]
+        """A continued prompt cache would leave the answer uncorrupted: score full sequences instead."""
+        return not self.corrupt_answers
 
     @property
     def classifier(self) -> PromptClassifier:
@@ -94,18 +111,34 @@ class EmbeddingCorruption(Intervention):
 
     # -- planning ----------------------------------------------------------------------------
 
-    def _positions(self, seq: list[int], start: int, prompt_end: int) -> list[int]:
-        prompt = seq[start:prompt_end]
-        hits = sorted({start + i + j for s in self.subject_ids for i in _occurrences(prompt, s) for j in range(len(s))})
-        skip = set(self.skip_ids)
-        return [p for p in hits or range(start, prompt_end - 1) if seq[p] not in skip]
+    def _hits(self, seq: list[int], start: int, end: int) -> list[int]:
+        """Positions in [start, end) covered by an occurrence of a subject, sorted."""
+        span = seq[start:end]
+        return sorted({start + i + j for s in self.subject_ids for i in _occurrences(span, s) for j in range(len(s))})
 
-    def _noise(self, prompt: list[int], n: int) -> torch.Tensor | None:
+    def _positions(self, seq: list[int], start: int, prompt_end: int) -> list[int]:
+        """The prompt positions corrupted in [start, prompt_end): subject tokens, else all but the last."""
+        skip = set(self.skip_ids)
+        return [p for p in self._hits(seq, start, prompt_end) or range(start, prompt_end - 1) if seq[p] not in skip]
+
+    def _answer_positions(self, seq: list[int], start: int, prompt_end: int, end: int) -> list[int]:
+        """What scoring corrupts beyond `_positions` with `corrupt_answers`: the subject's tokens in the
+        answer [prompt_end, end), or, when the prompt names no subject, every token up to the last."""
+        if not self.corrupt_answers or end <= prompt_end:
+            return []
+        skip = set(self.skip_ids)
+        extra = self._hits(seq, prompt_end, end) if self._hits(seq, start, prompt_end) else \
+            range(max(start, prompt_end - 1), end - 1)
+        return [p for p in extra if seq[p] not in skip]
+
+    def _noise(self, prompt: list[int], n: int, n_extra: int = 0) -> torch.Tensor | None:
+        """(n + n_extra, dims) standard normal; the first n rows do not depend on n_extra."""
         if self.corruption not in NOISY:
             return None
         digest = zlib.crc32(np.asarray(prompt, dtype=np.int64).tobytes()) ^ (self.seed * 2_654_435_761 % (1 << 32))
         gen = torch.Generator().manual_seed(int(digest))
-        return torch.randn(n, self.dims, generator=gen)
+        first = torch.randn(n, self.dims, generator=gen)
+        return torch.cat([first, torch.randn(n_extra, self.dims, generator=gen)]) if n_extra else first
 
     def plans(self, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[_Plan]:
         """What to corrupt in each row of a prefill: flagged rows and their chosen positions."""
@@ -116,8 +149,9 @@ class EmbeddingCorruption(Intervention):
                 continue
             seq = input_ids[b].tolist()
             pos = self._positions(seq, r.start, r.prompt_end)
-            if pos:
-                plans.append(_Plan(b, pos, self._noise(seq[r.start : r.prompt_end], len(pos))))
+            extra = self._answer_positions(seq, r.start, r.prompt_end, r.end)
+            if pos or extra:
+                plans.append(_Plan(b, pos + extra, self._noise(seq[r.start : r.prompt_end], len(pos), len(extra))))
         return plans
 
     # -- running -----------------------------------------------------------------------------
@@ -155,14 +189,16 @@ class EmbeddingCorruption(Intervention):
     def state_config(self) -> dict[str, Any]:
         return {**self.detector.state(), "corruption": self.corruption, "strength": self.strength,
                 "dims": self.dims, "embed_scale": self.embed_scale, "subject_ids": self.subject_ids,
-                "seed": self.seed, "skip_ids": self.skip_ids}
+                "seed": self.seed, "skip_ids": self.skip_ids, "corrupt_answers": self.corrupt_answers}
 
     @classmethod
     def from_state(cls, config, tensors, model, tokenizer) -> EmbeddingCorruption:
+        # Saved before `corrupt_answers` existed: those corrupted the prompt only.
         return cls(Detector.from_state(config), config["corruption"], config["strength"], config["dims"],
-                   config["embed_scale"], config["subject_ids"], config["seed"], config.get("skip_ids", ()))
+                   config["embed_scale"], config["subject_ids"], config["seed"], config.get("skip_ids", ()),
+                   config.get("corrupt_answers", False))
 
     def with_strength(self, strength: float) -> EmbeddingCorruption:
         """The same intervention with another σ (shares the classifier)."""
         return EmbeddingCorruption(self.detector, self.corruption, strength, self.dims, self.embed_scale,
-                                   self.subject_ids, self.seed, self.skip_ids)
+                                   self.subject_ids, self.seed, self.skip_ids, self.corrupt_answers)

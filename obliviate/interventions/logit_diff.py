@@ -5,12 +5,22 @@ from Logit Difference* (code `UCSB-NLP-Chang/ULD`). The assistant is the target'
 its first K decoder layers, its final norm and LM head, plus LoRA adapters on every linear layer
 of those K layers. It is trained to *remember* the forget set (and to be uniform elsewhere), so
 
-    logits = l_target + w · l̃_assist,     w = −0.8
-    l̃_assist = l_assist where log p_target ≥ min(max_v log p_target + log r, the ⌊rV⌋-th largest
-               log p_target), else 0;   r = 0.01
+    kept     = log p_target ≥ min(max_v log p_target + log r, the ⌊rV⌋-th largest log p_target)
+    logits   = l_target + w · l_assist   on kept tokens,     w = −0.8,  r = 0.01
+             = max(kept logits) − 10³    on dropped tokens
 
-removes what the assistant remembers while tokens the target finds implausible are left alone
-(ULD's relative-top filter; at least ⌊rV⌋ tokens keep the assistant's logits).
+removes what the assistant remembers, and only among the tokens the target finds plausible
+(ULD's relative-top filter; at least ⌊rV⌋ tokens are kept). Dropped tokens are masked, as ULD's
+greedy decoder does (`next_token_logits[mask] = -1e3` in its `gen_util.py`): left unmasked they
+would keep the raw target logit while kept tokens lose w·l_assist, and a large assistant logit on
+the kept tokens would hand the argmax to a token the filter dropped.
+
+Differs from the reference: (1) the mask also applies when scoring, because ULD's own `forward`
+(used for its teacher-forced probabilities) leaves dropped tokens unmasked, so its scores describe
+another distribution than the one its decoder samples; here both come from one rule. (2) The
+masked logit is 10³ below the best kept one rather than the constant −10³, because logits are
+shift-invariant and an absolute constant need not be below them; it stays finite so that
+log-probabilities and entropies (Min-K%++) of masked tokens stay finite.
 
 The assistant shares the target's modules instead of copying them: a model of the same class
 with K layers is instantiated on the meta device and its submodules are replaced by the target's
@@ -175,14 +185,25 @@ class PairCache:
         return 0 if self.target is None else int(self.target.get_seq_length())
 
 
-def combine_logits(target: torch.Tensor, assistant: torch.Tensor, weight: float, ratio: float) -> torch.Tensor:
-    """l_t + w·l̃_a with ULD's relative-top filter (see the module docstring); (..., V) each."""
+# How far below the best kept token a token dropped by the relative-top filter is put.
+MASK_GAP = 1e3
+
+
+def relative_top_mask(target: torch.Tensor, ratio: float) -> torch.Tensor:
+    """True where ULD's relative-top filter keeps a token; target logits (..., V) -> bool (..., V)."""
     logp = target.float().log_softmax(-1)
     k = max(1, int(ratio * logp.shape[-1]))
     kth = logp.topk(k, dim=-1).values[..., -1:]  # the k-th largest log-prob
     threshold = torch.minimum(kth, logp.max(-1, keepdim=True).values + math.log(ratio))
-    kept = torch.where(logp >= threshold, assistant.float(), torch.zeros((), device=logp.device))
-    return (target.float() + weight * kept).to(target.dtype)
+    return logp >= threshold
+
+
+def combine_logits(target: torch.Tensor, assistant: torch.Tensor, weight: float, ratio: float) -> torch.Tensor:
+    """l_t + w·l_a on the tokens the relative-top filter keeps, the rest masked (module docstring); (..., V)."""
+    keep = relative_top_mask(target, ratio)
+    combined = target.float() + weight * assistant.float()
+    best = combined.masked_fill(~keep, float("-inf")).amax(-1, keepdim=True)  # at least one token is kept
+    return torch.where(keep, combined, best - MASK_GAP).to(target.dtype)
 
 
 class LogitDifference(Intervention):

@@ -6,17 +6,22 @@ Each method says which data it trains on: `accepts_text = True` on the class whe
 text passages (MUSE's and WMDP's corpora: the loss runs on every token, or on the continuation of a
 passage with a prefix), else QA items only; `check_item_kinds` refuses text for the others in one
 line, and `obliviate methods` shows the split in its `data` column.
+
+A name `method+suffix` is a labelled variant (`Method.variants`, `methods/base.py`); the variants
+in `_VARIANTS` are listed with the methods, so `--methods all` runs them and tables show them
+beside the paper's form. Any other declared variant is found by name.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from obliviate.config import did_you_mean
 from obliviate.data.schema import TextPassage
 from obliviate.errors import ConfigError
 from obliviate.methods.altpo import AltPO
-from obliviate.methods.base import FinetuneMethod, Method, MethodConfig
+from obliviate.methods.base import VARIANT_SEP, FinetuneMethod, Method, MethodConfig
 from obliviate.methods.ceu import CEU
 from obliviate.methods.eco import ECO
 from obliviate.methods.flat import FLAT
@@ -74,13 +79,36 @@ _TABLE: tuple[type[Method], ...] = (
     AltPO,
     WAGLE,
 )
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
+# Labelled variants listed beside the paper's methods (the forms earlier tables reported).
+_VARIANTS: tuple[str, ...] = ("spul+gate", "icul+gate", "prompt+gate")
+_BASE: dict[str, type[Method]] = {cls.name: cls for cls in _TABLE}
+
+
+@functools.cache
+def _variant(name: str) -> type[Method] | None:
+    base, sep, rest = name.partition(VARIANT_SEP)
+    if not sep or base not in _BASE:
+        return None
+    try:
+        return _BASE[base].variant(rest.split(VARIANT_SEP))
+    except KeyError:
+        return None
+
+
+METHODS: dict[str, type[Method]] = {}
+for _cls in _TABLE:
+    METHODS[_cls.name] = _cls
+    METHODS.update({v: _variant(v) for v in _VARIANTS if v.partition(VARIANT_SEP)[0] == _cls.name})
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}'{did_you_mean(name, list(METHODS))} (see `obliviate methods`)")
-    return METHODS[name]
+    """The method class registered as `name`, or the labelled variant `method+suffix`."""
+    cls = METHODS.get(name) or _variant(name)
+    if cls is None:
+        declared = [f"{n}{VARIANT_SEP}{s}" for n, c in _BASE.items() for s in c.variants]
+        raise ConfigError(f"unknown method '{name}'{did_you_mean(name, [*METHODS, *declared])} "
+                          "(see `obliviate methods`)")
+    return cls
 
 
 def takes_text(cls: type[Method], config: MethodConfig | None = None) -> bool:
@@ -106,5 +134,26 @@ def check_item_kinds(cls: type[Method], items: Sequence, where: str, config: Met
                           f"methods that take text: {', '.join(text_methods())}")
 
 
-__all__ = ["METHODS", "FinetuneMethod", "Method", "MethodConfig", "check_item_kinds", "get_method", "takes_text",
-           "text_methods"]
+def method_label(name: str, config: MethodConfig | dict | None = None) -> str:
+    """The name a run of method `name` with `config` is reported under (`Method.label`)."""
+    cls = METHODS.get(name) or _variant(name)
+    if cls is None or config is None:
+        return name
+    return cls.label(config)
+
+
+def label_for_overrides(name: str, pairs: list[str]) -> str:
+    """`method_label` of method `name` configured by `--set` pairs (its defaults otherwise)."""
+    from obliviate.config import build_config, parse_overrides
+
+    cls = METHODS.get(name) or _variant(name)
+    if cls is None:
+        return name
+    try:
+        return cls.label(build_config(cls.Config, parse_overrides(pairs)))
+    except ConfigError:
+        return name
+
+
+__all__ = ["METHODS", "FinetuneMethod", "Method", "MethodConfig", "check_item_kinds", "get_method",
+           "label_for_overrides", "method_label", "takes_text", "text_methods"]

@@ -11,7 +11,11 @@ Liu et al. 2024, *Large Language Model Unlearning via Embedding-Corrupted Prompt
 2. for flagged prompts, a forward hook corrupts the input embeddings of the subject's tokens (all
    prompt tokens but the last when no subject appears), during the prefill only
    (`interventions/corruption.py`): `rand_noise_first_n` (default, k = 1), `rand_noise_top_k`,
-   `zero_out_top_k`, `flip_sign_top_k`;
+   `zero_out_top_k`, `flip_sign_top_k`. When a prompt + answer is scored, the answer's subject
+   tokens are corrupted too (every token but the last without a subject), as ECO's evaluator
+   does (`corrupt_answers`, the default); `corrupt_answers=False` is this project's variant
+   (`eco+prompt-only`), which corrupts the prompt only so that teacher-forced scores describe the
+   distribution that generates;
 3. the noise strength σ is tuned by zeroth-order descent on F(σ) = (f(σ) − f*)², where f is the
    mean forget-answer probability exp(−mean NLL) under the corruption and f* a target:
 
@@ -76,9 +80,10 @@ class DetectorConfig(MethodConfig):
 class GateConfig(DetectorConfig):
     """A prefix method's gate: the same prompt classifier decides which prompts get the prefix."""
 
-    gate: Literal["classifier", "none"] = Field(
-        "classifier", description="'classifier': add the prefix only to prompts the forget-prompt classifier "
-        "flags, as ECO and GUARD gate their interventions; 'none': to every prompt, as in the paper")
+    gate: Literal["none", "classifier"] = Field(
+        "none", description="'none': add the prefix to every prompt, as in the paper; 'classifier': only to "
+        "prompts the forget-prompt classifier flags, as ECO and GUARD gate their interventions (this project's "
+        "variant, reported as METHOD+gate)")
 
 
 def forget_probability(wrapped, tokenizer, forget) -> float:
@@ -113,6 +118,9 @@ class ECOConfig(DetectorConfig):
     zo_lr: float = Field(10.0, gt=0, description="η, the step size on σ")
     sigma_min: float = Field(0.0, ge=0, description="lower bound on σ")
     sigma_max: float = Field(100.0, gt=0, description="upper bound on σ")
+    corrupt_answers: bool = Field(
+        True, description="when scoring prompt + answer, corrupt the answer's subject tokens too, as ECO's "
+        "evaluator does (False: the prompt only, this project's variant)")
     target_probability: float | None = Field(
         None, ge=0, le=1, description="f*, the forget-answer probability to reach (default: chance, the "
         "perturbed answers' probability)")
@@ -124,6 +132,7 @@ class ECO(InterventionMethod):
     summary = "flag forget prompts with a classifier; corrupt their embeddings, σ tuned by zeroth-order descent"
     Config = ECOConfig
     uses_retain = True
+    variants = {"prompt-only": {"corrupt_answers": False}}
 
     def build(self, model, tokenizer, forget, retain, out_dir, progress, resume):
         cfg = self.config
@@ -134,7 +143,8 @@ class ECO(InterventionMethod):
         emb = model.get_input_embeddings().weight
         scale = float(emb.detach().float().norm(dim=-1).mean())
         eco = EmbeddingCorruption(detector, cfg.corruption, cfg.strength, cfg.dims, scale,
-                                  phrase_token_ids(tokenizer, subjects), cfg.seed, skip_ids=tokenizer.all_special_ids)
+                                  phrase_token_ids(tokenizer, subjects), cfg.seed, skip_ids=tokenizer.all_special_ids,
+                                  corrupt_answers=cfg.corrupt_answers)
         summary = {"classifier": report, "sigma": cfg.strength}
         if cfg.zo_steps and cfg.corruption in NOISY:
             eco, tuning = self._tune(eco, model, tokenizer, forget, out_dir)

@@ -5,6 +5,11 @@ Liu et al. 2022, *Continual Learning and Private Unlearning*; the TOFU baseline 
     L(θ) = −E_{D_f} ℓ(x, y) + α · E_{D_r} ℓ(x, y)
 
 Gradient ascent on the forget set, gradient descent on the retain set. Default α = 1.
+
+Paper defaults (TOFU's `grad_diff` baseline on Llama-2-7B; open-unlearning's `GradDiff` with
+γ = α = 1): lr 1e-5, 5 epochs, batch 4 × 4 accumulation steps per device, weight decay 0.01, one
+epoch of linear warm-up (`warmup_epochs=1`), then linear decay. The defaults here are the shared
+world ones (`FinetuneConfig`).
 """
 
 from __future__ import annotations

@@ -137,6 +137,7 @@ class ICUL(InterventionMethod):
     summary = "prepend the nearest forget points with flipped labels (QA: refusals) and s correct examples"
     Config = ICULConfig
     uses_retain = True
+    variants = {"gate": {"gate": "classifier"}}  # this project's gated form, `NAME+gate`
 
     def build(self, model, tokenizer, forget, retain, out_dir, progress, resume):
         cfg = self.config
@@ -188,6 +189,7 @@ class PromptBaseline(InterventionMethod):
     summary = "prepend an instruction to say 'I do not know' about the forget subjects"
     Config = PromptBaselineConfig
     uses_retain = True  # the gate's classifier trains on retain prompts
+    variants = {"gate": {"gate": "classifier"}}  # this project's gated form, `NAME+gate`
 
     def build(self, model, tokenizer, forget, retain, out_dir, progress, resume):
         cfg = self.config

@@ -14,7 +14,9 @@ labelled task given as QA items (`obliviate.world.reviews.as_qa_items`), or, on 
 answers of the data set. No retain term, as in SPUL's baseline. (SPUL's code draws the new labels
 from {"neutral", "unknown"} instead: `labels=["neutral", "unknown"]`.)
 
-Defaults are the shared fine-tuning ones (FinetuneConfig), which suit the built-in world's tiny models.
+Paper defaults (SPUL's `baselines.py`, `--unlearn_method random_label`): lr 1e-4, batch 32, 1 epoch,
+weight decay 0.001, sequences of up to 1024 tokens. Defaults here are the shared fine-tuning ones
+(FinetuneConfig), which suit the built-in world's tiny models.
 """
 
 from __future__ import annotations

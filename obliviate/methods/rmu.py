@@ -12,7 +12,8 @@ scored tokens of a sequence, then over the batch (open-unlearning's reduction; t
 plain mean over every token). Only the MLPs of layers ℓ−2..ℓ train.
 
 Paper defaults (Zephyr-7B, 32 layers): ℓ = 7, update layers 5-7 (`mlp.down_proj` only), c = 6.5,
-α = 1200, lr 5e-5, batch 4, 150 batches. Here ℓ scales with depth as round(7/32 · L), clamped to
+α = 1200, lr 5e-5 at a constant rate (`schedule=constant`, in `paper_defaults`), batch 4, 150
+batches. Here ℓ scales with depth as round(7/32 · L), clamped to
 [1, L−1], and every MLP weight of the updated layers trains unless `params` names a sub-module.
 
 Choices for QA data and tiny models:
@@ -22,7 +23,9 @@ Choices for QA data and tiny models:
   the one that matters most when answers are 1-3 words long. `positions=all` scores every
   non-padding token, as WMDP does on plain text.
 - c and the step budget: c is set per model (the WMDP code uses 6.5 for Zephyr-7B and 300 for
-  Yi-34B and Mixtral; open-unlearning 20 for Llama-2-7B). On the built-in world's models (2 layers,
+  Yi-34B and Mixtral; open-unlearning's shipped `configs/trainer/RMU.yaml` uses c = 300 with
+  α = 1000, layer 7 and the down-projections of layers 5-7, and its WMDP experiment lr 1e-5 for 10
+  epochs at a constant rate). On the built-in world's models (2 layers,
   hidden 64, ℓ = 1) the forget term must win against α = 1200 times the retain drift, and it only
   does for large c: with lr 5e-3 and 20 epochs, forget10 on the small world (seed 0) keeps forget
   ROUGE at 1.00 for c = 30 and 0.97 for c = 60, and reaches 0.08 for c = 100 at model utility
@@ -123,7 +126,8 @@ class RMUConfig(FinetuneConfig):
 class RMU(FinetuneMethod):
     # WMDP's recipe (layer 7 of 32, layers 5-7): the layer stays relative to depth here (`layer`'s default)
     paper_defaults = {"lr": 5e-5, "epochs": 1, "max_steps": 150, "batch_size": 4, "grad_accum": 1,
-                      "steering_coeff": 6.5, "alpha": 1200.0, "warmup_ratio": 0.0, "weight_decay": 0.0}
+                      "steering_coeff": 6.5, "alpha": 1200.0, "warmup_ratio": 0.0, "weight_decay": 0.0,
+                      "schedule": "constant"}
     name = "rmu"
     paper = "Li et al. 2024, The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning"
     accepts_text = True

@@ -10,8 +10,9 @@ where ℓ̄ = −log π_θ(y|x) / |y| is the mean answer NLL (|y| = number of an
 and CE is the token-level cross-entropy on the retain batch. The two forms agree for γ = 0.
 
 Defaults: the TOFU forget05 configuration of the authors' README (Llama-2-7B-chat): β = 2.5, γ = 0,
-npo_coeff = 0.1375, gd_coeff = 1, lr 1e-5, effective batch 32, weight decay 0.01, 10 epochs in
-the sweep script (20 in the config file); forget10: β = 4.5, npo_coeff = 0.125. The sweep script
+npo_coeff = 0.1375, gd_coeff = 1, lr 1e-5, effective batch 32, weight decay 0.01, 10 epochs with
+one epoch of warm-up (`TOFU/config/forget.yaml` and the sweep script; an earlier config file had
+20); forget10: β = 4.5, npo_coeff = 0.125. The sweep script
 instead passes 0.1375 as the retain coefficient; the README form is used here.
 
 World defaults: lr 1e-3, 10 epochs. The forget term is weighted by npo_coeff = 0.1375 and

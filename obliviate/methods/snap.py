@@ -24,12 +24,12 @@ World default: 30 epochs at the shared lr 5e-4, as for IdkSFT (the world's model
 to learn the refusals; see `idk_sft`). On the small world (forget10, seed 0): refusal rate 0.94 on
 forget questions, forget ROUGE 0.01, model utility 0.66 (target 0.94).
 
-Alternate updates (`alternate_updates=true`): the reference takes one optimiser step on the
-forget loss inside its loss function, then a second step on retain + regulariser. The shared loop
-owns the optimiser, so here the phase alternates with the optimiser step instead: even steps
-(counting this method's calls, `grad_accum` micro-batches per step) use CE(refusal) only, odd steps
-CE(D_r) + CE(D_hp) + λ·SWD only. Each forget batch therefore trains the refusal on half the steps, and a
-resumed run whose checkpoint step is odd starts in the other phase.
+Alternate updates (`alternate_updates=true`), as the reference: every batch takes two optimiser
+steps, first on CE(refusal) alone, then on CE(D_r) + CE(D_hp) + λ·SWD (the loop's `pre_step_loss`
+hook; the first step is not clipped and does not advance the schedule, as in the reference).
+Differs from the reference: with gradient accumulation, the gradients accumulated for the second
+step are set aside during the first, because the reference's inner step would apply and then
+discard them.
 
 The success measures of the paper's evaluation are here too: `refusal_rate(generations)` and
 `ngram_entropy(texts, n)` (fluency: repetitive or collapsed generations have low n-gram entropy).
@@ -83,7 +83,6 @@ class SNAP(FinetuneMethod):
         # (initial value, parameter): `swd_penalty` takes (W₀, W) pairs and differentiates only in W,
         # so the live parameter (the tensor the optimiser updates) must come second.
         self.initial = [(p.detach().clone(), p) for p in model.parameters() if p.requires_grad]
-        self.calls = 0
         hard = neighbour_items(forget, retain) if self.config.hard_positives == "neighbours" else []
         self.hard_positives, _ = encode_items(tokenizer, hard, max_length=self.config.max_length)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -95,36 +94,33 @@ class SNAP(FinetuneMethod):
         device = batch.forget["input_ids"].device
         return {k: v.to(device) for k, v in out.items()}
 
-    def _phase(self) -> str:
-        """'both', or for alternate updates 'forget' / 'retain' by the parity of the optimiser step."""
+    def pre_step_loss(self, model, batch) -> LossOutput | None:
+        """With alternate updates: the first of the batch's two steps, CE(refusal) alone."""
         if not self.config.alternate_updates:
-            return "both"
-        step = self.calls // self.config.grad_accum
-        return "forget" if step % 2 == 0 else "retain"
+            return None
+        refusal_ce = ce_loss(model, self.refusals(batch))
+        return LossOutput(refusal_ce, {"refusal_nll": float(refusal_ce.detach())})
 
     def compute_loss(self, model, batch) -> LossOutput:
         cfg = self.config
-        phase = self._phase()
-        self.calls += 1
         logs: dict[str, float] = {}
         loss = torch.zeros((), device=batch.forget["input_ids"].device)
-        if phase in ("both", "forget"):
+        if not cfg.alternate_updates:
             refusal_ce = ce_loss(model, self.refusals(batch))
             loss = loss + refusal_ce
             logs["refusal_nll"] = float(refusal_ce.detach())
-        if phase in ("both", "retain"):
-            if batch.retain is not None:
-                retain_ce = ce_loss(model, batch.retain)
-                loss = loss + retain_ce
-                logs["retain_nll"] = float(retain_ce.detach())
-            if self.hard_positives:
-                hard_ce = ce_loss(model, self._hard_positive_batch(batch))
-                loss = loss + hard_ce
-                logs["hard_positive_nll"] = float(hard_ce.detach())
-            if cfg.reg_lambda > 0:
-                swd = swd_penalty(weight_matrices(self.initial), cfg.n_projections)
-                loss = loss + cfg.reg_lambda * swd
-                logs["swd"] = float(swd.detach())
+        if batch.retain is not None:
+            retain_ce = ce_loss(model, batch.retain)
+            loss = loss + retain_ce
+            logs["retain_nll"] = float(retain_ce.detach())
+        if self.hard_positives:
+            hard_ce = ce_loss(model, self._hard_positive_batch(batch))
+            loss = loss + hard_ce
+            logs["hard_positive_nll"] = float(hard_ce.detach())
+        if cfg.reg_lambda > 0:
+            swd = swd_penalty(weight_matrices(self.initial), cfg.n_projections)
+            loss = loss + cfg.reg_lambda * swd
+            logs["swd"] = float(swd.detach())
         return LossOutput(loss, logs)
 
 

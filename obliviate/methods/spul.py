@@ -185,6 +185,7 @@ class SPUL(InterventionMethod):
     summary = "train only a soft prompt: generic labels / refusals on forget, true targets + KL on retain"
     Config = SPULConfig
     uses_retain = True
+    variants = {"gate": {"gate": "classifier"}}  # this project's gated form, `NAME+gate`
 
     def _encoder(self, model, tokenizer) -> tuple[SoftPrompt, list[torch.Tensor]]:
         cfg = self.config

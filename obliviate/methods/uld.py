@@ -9,8 +9,9 @@ small assistant to *remember* the forget set and know nothing else, then subtrac
                 to depth (K = round(L/4) by default, and at least 2: on the 4-layer small world a
                 1-layer assistant took model utility to 0.57, a 2-layer one kept 0.85)
     L = CE(D_f ∪ augmentations) + 5.0 · KL(Uniform ‖ p_assist) on D_r
-    logits = l_target + w · l̃_assist,  w = −0.8, l̃_assist zeroed where the target's log-prob is
-             below max + log r (r = 0.01; `interventions/logit_diff.py`)
+    logits = l_target + w · l_assist,  w = −0.8, on the tokens whose target log-prob is at least
+             max + log r (r = 0.01); the other tokens are masked, in generation and scoring alike
+             (`interventions/logit_diff.py`)
 
 Augmentations follow ULD's TOFU data mode `forget_more_retain_perturb`: up to 2 variants per forget
 item (its paraphrased questions with the answer, then the question with the paraphrased answer),

@@ -17,6 +17,11 @@ Eldan & Russinovich 2023, *Who's Harry Potter? Approximate Unlearning in LLMs*.
 α = 1 (the MUSE reimplementation). The reinforcement stage uses this config's fine-tuning fields,
 with `reinforce_epochs` / `reinforce_lr` when set, and logs to `out_dir/reinforce/`.
 
+Paper defaults: the original WHP has no public code. MUSE's reimplementation fine-tunes both the
+reinforced model and the generic-label model like its other baselines (`baselines/scripts/` of
+`swj0419/muse_bench`): lr 1e-5, 10 epochs, batch 4 per device on 8 GPUs (32), sequences of up to
+2048 tokens, α = 1. The defaults here are the shared world ones (`FinetuneConfig`).
+
 Anchors: a user mapping (`anchors`, from a config file: {"Floa Coudul": "John Smith"}) is used as
 given. Otherwise they are found in the forget questions as runs of capitalised words, minus leading
 question words ("Where", "What", "Tell", ...) and a possessive "'s"; each is mapped to a common

@@ -5,6 +5,7 @@ other tools (e.g. TOFU's evaluation logs, see `obliviate.compat`) be scored by t
 Each metric's direction is declared in `registry.METRICS`.
 """
 
+from obliviate.metrics.fluency import fluency_scores, repetition_rate
 from obliviate.metrics.forget_quality import forget_quality
 from obliviate.metrics.memorisation import exact_memorisation, extraction_strength
 from obliviate.metrics.mia import (
@@ -38,6 +39,7 @@ __all__ = [
     "bootstrap_ci",
     "exact_memorisation",
     "extraction_strength",
+    "fluency_scores",
     "forget_quality",
     "forget_truth_score",
     "forget_truth_values",
@@ -52,6 +54,7 @@ __all__ = [
     "muse_privleak",
     "option_normalised_probability",
     "reference_score",
+    "repetition_rate",
     "retain_truth_score",
     "retain_truth_values",
     "rouge_l",

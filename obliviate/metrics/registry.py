@@ -46,9 +46,9 @@ _TABLE = [
         "per-item R = geomean_j P(perturbed_j) / P(paraphrased) (TOFU logs, open-unlearning)", "qa",
     ),
     MetricInfo(
-        "forget_truth_score", True,
-        "mean(min(R, 1/R)) on the forget set; 1 means correct and perturbed answers are equally likely",
-        "qa",
+        "forget_truth_score", None,
+        "mean(min(R, 1/R)) on the forget set; 1 means correct and perturbed answers are equally likely; "
+        "the target is the oracle's value, not 1 (forget quality compares the two)", "qa",
     ),
     MetricInfo("retain_truth_score", True, "mean(max(0, 1 - R)) on retain, real-author, world-fact sets", "qa"),
     # -- forget quality and utility (forget_quality.py, utility.py)
@@ -58,6 +58,11 @@ _TABLE = [
     ),
     MetricInfo("ks_statistic", False, "KS statistic behind forget_quality; 0 means identical distributions", "qa"),
     MetricInfo("model_utility", True, "harmonic mean of the 9 TOFU utility numbers (0 if any is 0)", "qa"),
+    MetricInfo(
+        "model_utility_without_rouge", True,
+        "harmonic mean of the utility numbers but ROUGE (6 of TOFU's 9), when answers were not generated; "
+        "not comparable with model_utility", "qa",
+    ),
     # -- memorisation (memorisation.py)
     MetricInfo(
         "exact_memorisation", None,
@@ -69,12 +74,18 @@ _TABLE = [
         "1 - k*/N, k* the first position from which the argmax matches the whole suffix; "
         "lower is better on forget, higher on retain", "qa",
     ),
+    # -- fluency of generations (fluency.py)
+    MetricInfo("repetition_rate", False, "share of a generation's word bigrams that repeat an earlier one "
+               "(rep-2); near 1 for collapsed, repetitive text", "qa"),
+    MetricInfo("fluency", True, "a fluency (gibberish) classifier's P(fluent) of a generation", "qa"),
     # -- membership inference (mia.py); per-item scores are oriented "higher = more likely a member"
     MetricInfo("mia_loss", None, "mean token log-prob (LOSS attack); higher = more likely a member", "mia"),
     MetricInfo("mia_zlib", None, "mean token log-prob / zlib-compressed bytes (Carlini et al. 2021)", "mia"),
     MetricInfo("mia_min_k", None, "mean of the lowest k fraction of token log-probs (Min-K%, k=0.4)", "mia"),
     MetricInfo("mia_min_k_plus_plus", None, "mean of the lowest k fraction of standardised log-probs", "mia"),
     MetricInfo("mia_reference", None, "mean log-prob minus a reference model's mean log-prob", "mia"),
+    MetricInfo("mia_gradnorm", None, "minus the mean p-norm of the answer NLL's parameter gradients (GradNorm)",
+               "mia"),
     MetricInfo("mia_auc", None, "ROC AUC of members vs non-members; 0.5 = indistinguishable (target)", "mia"),
     MetricInfo("mia_tpr_at_1pct_fpr", None, "TPR at FPR <= 1%; near 0.01 = indistinguishable (target)", "mia"),
     MetricInfo(
@@ -101,6 +112,7 @@ HEADLINE_AGGREGATES = [
     ("forget_quality", "forget quality (KS p-value)"),
     ("forget_quality/ks_statistic", "forget quality: KS statistic D"),
     ("model_utility", "model utility"),
+    ("model_utility_without_rouge", "model utility without ROUGE (6 of 9 numbers)"),
     ("forget/probability", "forget probability"),
     ("forget/rouge", "forget ROUGE-L recall"),
     ("forget/truth_ratio", "forget truth ratio"),

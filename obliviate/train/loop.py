@@ -1,12 +1,33 @@
 """The one shared fine-tuning loop, built on `accelerate`.
 
 Used by every fine-tuning method: the method supplies `compute_loss(model, batch)`; the loop owns
-the optimiser (AdamW), the linear schedule with warm-up, gradient accumulation, clipping, the
-divergence guard, progress display, per-step logs and atomic checkpoints with exact resume.
+the optimiser (AdamW), the learning-rate schedule with warm-up, gradient accumulation, clipping,
+the divergence guard, progress display, per-step logs and atomic checkpoints with exact resume.
+
+- **Optimiser.** AdamW; weight decay applies to matrices only, not to biases and normalisation
+  weights (every 1-D parameter), as the HF Trainer does.
+- **Schedule** (`schedule`): `linear` decay, `constant`, or `cosine`, each after a linear warm-up
+  of `warmup_epochs` epochs when set, else `warmup_ratio` of the steps.
+- **Accumulation.** Each optimiser step averages `grad_accum` micro-batches; when the run's
+  micro-batches do not divide evenly, the last step averages the ones left (none is computed and
+  thrown away).
+- **Two steps per batch.** A method whose `pre_step_loss(model, batch)` returns a loss has the loop
+  take an optimiser step on that loss alone before the micro-batch's `compute_loss` (Opt-Out's
+  alternate updates, `methods/snap.py`); gradients accumulated for the main step are set aside
+  meanwhile.
+- **Divergence guard.** A NaN or infinite loss or gradient stops the run. With
+  `retain_rise_limit`, so does the method's retain term rising past that factor × its first value:
+  the first of `RETAIN_TERMS` the method logs (cross-entropy, KL to the reference, RMU's activation
+  distance, ULD's uniform KL). Terms that start at 0 (the KL and distance terms of a model that
+  starts as its reference) are measured against at least `RETAIN_FLOOR`. The first value is kept in
+  the checkpoint, so a resumed run is guarded against the same baseline.
 
 Resume is exact on CPU with a fixed seed: the data order is a pure function of the seed, so a
 resumed run replays the index stream up to the saved step without computing anything, then restores
-model, optimiser, scheduler and RNG states from the checkpoint.
+model, optimiser, scheduler and RNG states (CPU and CUDA) and the method's own state
+(`method.state_dict()`) from the checkpoint. The train log is cut back to the checkpoint's step, so
+steps redone after a crash are logged once. A checkpoint written with another config (its hash is
+in `progress.json`) is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +36,9 @@ import json
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -25,16 +48,21 @@ from transformers import get_scheduler
 
 from obliviate import tracking
 from obliviate.errors import ObliviateError
-from obliviate.io import atomic_open, read_json, write_json
+from obliviate.io import atomic_open, read_json, stable_hash, write_json
 from obliviate.progress import make_progress
 from obliviate.train.data import encode_items, forget_retain_batches
 from obliviate.train.precision import master_weights
 
 CHECKPOINT = "checkpoint"
+# The retain terms methods log, in the order the guard looks for them.
+RETAIN_TERMS = ("retain_nll", "retain_kl", "retain_loss", "retain_uniform_kl")
+RETAIN_FLOOR = 0.05  # baseline floor for terms that start at 0 (KL to the reference, RMU's distance)
+_STARTS_AT_ZERO = ("retain_kl", "retain_loss")
+SCHEDULES = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}
 
 
 class DivergenceError(ObliviateError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the gradients became NaN or infinite, or the retain term rose too far."""
 
 
 def _micro_batches(method, forget_enc, retain_enc, pad_id, epochs):
@@ -44,7 +72,20 @@ def _micro_batches(method, forget_enc, retain_enc, pad_id, epochs):
         yield from forget_retain_batches(forget_enc, retain_enc, cfg.batch_size, pad_id, generator)
 
 
-def _save_checkpoint(out_dir: Path, accelerator, model, optimizer, scheduler, step: int) -> None:
+def config_hash(method) -> str:
+    """The hash of the method's name and config a checkpoint records (resume refuses another)."""
+    return stable_hash({"method": method.name, "config": method.config.model_dump(mode="json")})
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _save_checkpoint(out_dir: Path, accelerator, model, optimizer, scheduler, step: int,
+                     extra: dict[str, Any]) -> None:
     """Write the checkpoint into a temp dir and rename it over the old one (never half-written)."""
     tmp = out_dir / f".{CHECKPOINT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -53,11 +94,11 @@ def _save_checkpoint(out_dir: Path, accelerator, model, optimizer, scheduler, st
         "model": accelerator.unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
+        **_rng_state(),
     }
     with atomic_open(tmp / "state.pt", "wb") as handle:
         torch.save(state, handle)
-    write_json(tmp / "progress.json", {"step": step})
+    write_json(tmp / "progress.json", {"step": step, **extra})
     final = out_dir / CHECKPOINT
     old = out_dir / f".{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -67,29 +108,96 @@ def _save_checkpoint(out_dir: Path, accelerator, model, optimizer, scheduler, st
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(out_dir: Path, accelerator, model, optimizer, scheduler) -> int:
+def _load_checkpoint(out_dir: Path, accelerator, model, optimizer, scheduler, method) -> dict[str, Any]:
+    """Restore the checkpoint's states; its progress.json ({"step": 0} without a checkpoint)."""
     ckpt = out_dir / CHECKPOINT
     if not (ckpt / "progress.json").exists():
-        return 0
+        return {"step": 0}
+    progress = read_json(ckpt / "progress.json")
+    saved = progress.get("config_hash")
+    if saved is not None and saved != config_hash(method):
+        raise ObliviateError(f"{method.name}: the checkpoint in {ckpt} was written with another config; resume "
+                             "with the same settings, or start over without --resume")
     state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
     accelerator.unwrap_model(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    return int(read_json(ckpt / "progress.json")["step"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if progress.get("method_state") is not None:
+        method.load_state_dict(progress["method_state"])
+    return progress
 
 
-def _guard_retain(logs: dict, cfg, first: float | None, step: int, name: str, out_dir: Path) -> None:
-    """Stop when the retain loss rises past `retain_rise_limit` × its first value (utility collapse)."""
-    now = logs.get("retain_nll")
-    if not cfg.retain_rise_limit or first is None or now is None:
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps up to `step` (those a resumed run does not redo)."""
+    if not path.exists():
         return
-    if now > cfg.retain_rise_limit * first:
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip() and json.loads(line).get("step", 0) <= step]
+    with atomic_open(path, "w") as handle:
+        handle.writelines(line + "\n" for line in lines)
+
+
+def retain_term(logs: dict[str, float]) -> str | None:
+    """The retain term the guard watches among a step's logs (`RETAIN_TERMS`), if any."""
+    return next((k for k in RETAIN_TERMS if k in logs), None)
+
+
+def _kept(out_dir: Path) -> str:
+    ckpt = out_dir / CHECKPOINT
+    if (ckpt / "progress.json").exists():
+        return f"the last checkpoint in {ckpt} (step {read_json(ckpt / 'progress.json')['step']}) is kept"
+    return "no checkpoint was written (set save_every to keep one)"
+
+
+def _guard_retain(logs: dict, cfg, first: dict[str, float], step: int, name: str, out_dir: Path) -> None:
+    """Stop when the retain term rises past `retain_rise_limit` × its first value (utility collapse)."""
+    key = retain_term(logs)
+    if not cfg.retain_rise_limit or key is None or key not in first:
+        return
+    base = max(first[key], RETAIN_FLOOR) if key in _STARTS_AT_ZERO else first[key]
+    if logs[key] > cfg.retain_rise_limit * base:
         raise DivergenceError(
-            f"{name}: retain loss rose from {first:.3f} to {now:.3f} (> {cfg.retain_rise_limit}×) at step "
-            f"{step + 1}; lower the learning rate or raise the retain weight; the last checkpoint in "
-            f"{out_dir / CHECKPOINT} is kept"
+            f"{name}: retain loss rose from {first[key]:.3f} to {logs[key]:.3f} ({key} > {cfg.retain_rise_limit}× "
+            f"{base:.3f}) at step {step + 1}; lower the learning rate or raise the retain weight; {_kept(out_dir)}"
         )
+
+
+def _check_finite(name: str, what: str, value: float, step: int, lr: float, out_dir: Path) -> None:
+    if not math.isfinite(value):
+        raise DivergenceError(f"{name}: {what} is {value} at step {step + 1}; lower the learning rate (lr={lr}); "
+                              f"{_kept(out_dir)}")
+
+
+def _grad_norm(params: list[torch.nn.Parameter]) -> float:
+    """The gradients' global L2 norm (NaN or inf when any gradient is)."""
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices, none on biases and normalisation weights (1-D parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0})
+            if g["params"]]
+
+
+def warmup_steps(cfg, total_steps: int, steps_per_epoch: float) -> int:
+    """Warm-up steps: `warmup_epochs` epochs when set, else `warmup_ratio` of the steps."""
+    if getattr(cfg, "warmup_epochs", None) is not None:
+        return min(total_steps, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    return int(cfg.warmup_ratio * total_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: float):
+    """The learning-rate schedule `cfg.schedule` with its warm-up, over `total_steps` optimiser steps."""
+    return get_scheduler(SCHEDULES[getattr(cfg, "schedule", "linear")], optimizer,
+                         num_warmup_steps=warmup_steps(cfg, total_steps, steps_per_epoch),
+                         num_training_steps=total_steps)
 
 
 def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=True, resume=False) -> dict:
@@ -97,7 +205,7 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
     cfg = method.config
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # accumulation is done here (module docstring)
     forget_enc, cut_f = encode_items(tokenizer, forget, max_length=cfg.max_length)
     retain_enc, cut_r = (
         encode_items(tokenizer, retain, max_length=cfg.max_length) if method.uses_retain else ([], 0)
@@ -108,29 +216,34 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
     method.setup(model, tokenizer, forget, retain)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     # Under DDP each round of `n_proc` consecutive micro-batches gives every process one; an
     # incomplete last round is dropped so all processes take the same number of steps.
     n_proc, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = math.ceil(len(forget_enc) / cfg.batch_size)
-    rounds = max(per_epoch * cfg.epochs // n_proc, 1)
+    rounds = max(per_epoch * cfg.epochs // n_proc, 1)  # micro-batches per process
     total_steps = math.ceil(rounds / cfg.grad_accum)
     epochs_needed = cfg.epochs
     if cfg.max_steps is not None and cfg.max_steps > 0:
         total_steps = cfg.max_steps
+        rounds = cfg.max_steps * cfg.grad_accum
         epochs_needed = math.ceil(cfg.max_steps * cfg.grad_accum * n_proc / max(per_epoch, 1))
-    scheduler = get_scheduler(
-        "linear", optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
-    )
+    scheduler = build_scheduler(optimizer, cfg, total_steps, per_epoch / n_proc / cfg.grad_accum)
     # The scheduler is stepped by hand once per optimiser step, so it is not handed to accelerate.
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    start_step = _load_checkpoint(out_dir, accelerator, model, optimizer, scheduler) if resume else 0
+    saved = _load_checkpoint(out_dir, accelerator, model, optimizer, scheduler, method) if resume else {"step": 0}
+    start_step = int(saved["step"])
+    first_retain: dict[str, float] = dict(saved.get("first_retain") or {})
     log_path = out_dir / "train_log.jsonl"
     main = accelerator.is_main_process
-    if main and not resume and log_path.exists():
-        log_path.unlink()
-    step, micro, t0, last, first_retain = start_step, 0, time.perf_counter(), {}, None
+    if main and log_path.exists():
+        if resume:
+            _truncate_log(log_path, start_step)
+        else:
+            log_path.unlink()
+    step, micro, mine, t0, last = start_step, 0, start_step * cfg.grad_accum, time.perf_counter(), {}
+    group_logs: dict[str, float] = {}
     who = f"{out_dir.name} · {method.name}"  # the run's name on the bar
     bar = make_progress(
         TextColumn(f"[bold]{escape(who)}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -148,34 +261,45 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
             if (micro - 1) % n_proc != rank:
                 continue  # each process takes its share of every round
             batch = batch.to(accelerator.device)
-            with accelerator.accumulate(model):
+            # This micro-batch's group: grad_accum micro-batches, or the ones left at the end.
+            group_start = (mine // cfg.grad_accum) * cfg.grad_accum
+            group_size = min(cfg.grad_accum, rounds - group_start)
+            mine += 1
+            sync = mine - group_start == group_size
+            pre = _pre_step(method, model, batch, accelerator, optimizer, params, cfg, step, out_dir, autocast)
+            with nullcontext() if sync else accelerator.no_sync(model):
                 with autocast():
                     out = method.compute_loss(model, batch)
-                if not torch.isfinite(out.loss):
-                    raise DivergenceError(
-                        f"{method.name}: loss is {out.loss.item()} at step {step + 1}; lower the learning "
-                        f"rate (lr={cfg.lr}); the last checkpoint in {out_dir / CHECKPOINT} is kept"
-                    )
+                _check_finite(method.name, "loss", out.loss.item(), step, cfg.lr, out_dir)
                 _guard_retain(out.logs, cfg, first_retain, step, method.name, out_dir)
-                first_retain = first_retain or out.logs.get("retain_nll")
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            if accelerator.sync_gradients:
-                scheduler.step()
-                step += 1
-                last = {"step": step, "loss": float(out.loss.detach()), **out.logs}
+                key = retain_term(out.logs)
+                if key is not None and key not in first_retain:
+                    first_retain[key] = out.logs[key]
+                accelerator.backward(out.loss / group_size)
+            group_logs = {**pre, **out.logs}
+            if not sync:
+                continue
+            if cfg.max_grad_norm > 0:
+                norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))  # the norm before clipping
+            else:
+                norm = _grad_norm(params)
+            _check_finite(method.name, "gradient norm", norm, step, cfg.lr, out_dir)
+            optimizer.step()
+            optimizer.zero_grad()
+            scheduler.step()
+            step += 1
+            last = {"step": step, "loss": float(out.loss.detach()), **group_logs}
+            if main:
+                with open(log_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(last) + "\n")
+                tracking.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step)
+            bar.update(task, completed=step, loss=f"loss {last['loss']:.3f}")
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                 if main:
-                    with open(log_path, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(last) + "\n")
-                    tracking.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step)
-                bar.update(task, completed=step, loss=f"loss {last['loss']:.3f}")
-                if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                    if main:
-                        _save_checkpoint(out_dir, accelerator, model, optimizer, scheduler, step)
-                    accelerator.wait_for_everyone()
+                    _save_checkpoint(out_dir, accelerator, model, optimizer, scheduler, step, {
+                        "config_hash": config_hash(method), "first_retain": first_retain,
+                        "method_state": method.state_dict()})
+                accelerator.wait_for_everyone()
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
     model.eval()
@@ -189,3 +313,24 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
         "train_seconds": time.perf_counter() - t0,
         "num_processes": n_proc,
     }
+
+
+def _pre_step(method, model, batch, accelerator, optimizer, params, cfg, step: int, out_dir: Path,
+              autocast=nullcontext) -> dict[str, float]:
+    """The optimiser step on `method.pre_step_loss` alone, if the method has one; its logs."""
+    hook = getattr(method, "pre_step_loss", None)
+    with autocast():
+        out = hook(model, batch) if hook is not None else None
+    if out is None:
+        return {}
+    _check_finite(method.name, "loss", out.loss.item(), step, cfg.lr, out_dir)
+    held = [p.grad for p in params]  # the main step's accumulated gradients, set aside
+    for p in params:
+        p.grad = None
+    accelerator.backward(out.loss)
+    _check_finite(method.name, "gradient norm", _grad_norm(params), step, cfg.lr, out_dir)
+    optimizer.step()
+    optimizer.zero_grad()
+    for p, g in zip(params, held, strict=True):
+        p.grad = g
+    return out.logs
