@@ -95,8 +95,8 @@ def test_divergence_guard_stops_on_nan_and_retain_rise(tiny_llama, tiny_tokenize
 
 
 def test_papers_names_keep_the_papers_defaults_and_departures_are_labelled_variants():
-    from obliviate.bench.leaderboard import display_name
-    from obliviate.bench.spec import BenchSpec
+    from obliviate.grid.leaderboard import display_name
+    from obliviate.grid.spec import BenchSpec
     from obliviate.methods import label_for_overrides, method_label
 
     for name in ("spul", "icul", "prompt"):

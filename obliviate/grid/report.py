@@ -299,7 +299,7 @@ def _attack_section(by_split: dict[str, list[dict]], root: Path) -> str:
 
 def relearn_panels(root: Path) -> list[dict[str, Any]]:
     """Relearning curves from the cells' attack results ({"curves": {"relearn": {...}}}), seed 0's."""
-    from obliviate.bench.leaderboard import display_name
+    from obliviate.grid.leaderboard import display_name
 
     spec = load_spec(root)
     panels = []
