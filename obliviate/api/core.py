@@ -171,7 +171,8 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
              prompt: str | PromptFormat | None = None, system_prompt: str | None = None,
              chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
              batch_size: int = 32, device: str = "auto", dtype: str = "auto", preset: str | None = None,
-             progress: bool = True, report_to: str | Sequence[str] | None = None) -> EvalResult:
+             progress: bool = True, report_to: str | Sequence[str] | None = None,
+             reference_model: str | Path | None = None, gradnorm: bool = False) -> EvalResult:
     """Score a run or model with the qa suite (TOFU-style) against its oracle; returns an EvalResult.
 
     A run from the built-in world is scored on the world's sets against its exact-retrain oracle; a run
@@ -182,6 +183,7 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
     the run directory.
     `preset="open-unlearning"` evaluates in open-unlearning's TOFU protocol (its chat format, system prompt,
     date string and 200-token budget) and adds its seven headline keys (`result.payload["open_unlearning"]`).
+    `reference_model` adds the reference-model membership attack, `gradnorm` the GradNorm attack.
     `report_to` logs the aggregates to experiment trackers (`obliviate.tracking`).
 
         result = ob.evaluate("runs/gd")
@@ -214,7 +216,9 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
                                   split, world, None if out is None else Path(out),
                                   _pairs(mapping), generate, progress,
                                   fmt=fmt, device=device, dtype=dtype, batch_size=batch_size, data=data,
-                                  legacy=legacy, preset=preset)
+                                  legacy=legacy, preset=preset,
+                                  reference_model=None if reference_model is None else str(reference_model),
+                                  gradnorm=gradnorm)
         tracking.log_metrics(payload["aggregates"])
     from obliviate.io import read_jsonl
 

@@ -149,6 +149,10 @@ def eval_cmd(
     chat_kwargs: ChatKwargsOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="items per forward pass and per generation batch")] = 32,
+    reference_model: Annotated[str | None, typer.Option(
+        help="a reference model (same tokenizer) for the reference-model membership attack")] = None,
+    gradnorm: Annotated[bool, typer.Option(help="also the GradNorm membership attack (a backward pass per "
+                                                "item)")] = False,
     preset: Annotated[str | None, typer.Option(
         help="open-unlearning: its TOFU protocol (chat template, system prompt, date string, 200 new tokens) "
              "and its seven headline keys beside obliviate's metrics")] = None,
@@ -216,7 +220,7 @@ def eval_cmd(
                       world=world, split=split, out=out, mapping=map_, generate=not no_generate, data=data,
                       legacy=legacy_subset, prompt=prompt_format(prompt, system_prompt, chat_kwargs, max_new_tokens),
                       batch_size=batch_size, device=device, dtype=dtype, preset=preset, progress=not as_json,
-                      report_to=report_to)
+                      report_to=report_to, reference_model=reference_model, gradnorm=gradnorm)
     if as_json:
         return print_json(result.payload)
     console.print(side_by_side({Path(target).name or target: result.aggregates}, "qa suite"))

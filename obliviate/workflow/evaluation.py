@@ -66,8 +66,12 @@ def evaluate(
     ou_ref_auc: float | None = None,
     progress: bool = False,
     name: str | None = None,
+    qa_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the qa suite; write results.json and items.jsonl into `out_dir` (atomically).
+
+    `qa_options` go to `run_qa_suite` as they are: `reference_model`, `oracle_mia_auc`, `gradnorm`,
+    `fluency_classifier`.
 
     With `preset="open-unlearning"` the payload also holds open-unlearning's seven headline keys
     ("open_unlearning"; privleak against `ou_ref_auc`, the oracle's Min-K AUC). With `progress`, a
@@ -80,7 +84,8 @@ def evaluate(
     t0 = time.perf_counter()
     result = run_qa_suite(model, tokenizer, sets.forget, sets.retain, sets.utility, sets.holdout,
                           oracle_forget_tr=oracle_forget_tr, batch_size=batch_size, generate=generate,
-                          progress=progress, name=name or (Path(out_dir).name if out_dir is not None else "eval"))
+                          progress=progress, name=name or (Path(out_dir).name if out_dir is not None else "eval"),
+                          **(qa_options or {}))
     payload = {"suite": "qa", "aggregates": result.aggregates, "eval_seconds": time.perf_counter() - t0,
                "data_hashes": sets.hashes(), "versions": versions(), **(config or {})}
     if preset == ou.PRESET:
@@ -148,32 +153,41 @@ def load_eval_sets(target_ref: WorldRef | None, forget: str | None, retain: str 
 
 
 def resolve_oracle(oracle: str | None, ref: WorldRef | None, sets: EvalSets, world_sets: bool,
-                   split: str = "forget10", progress: bool = True, fmt=None) -> tuple[np.ndarray | None, float | None]:
-    """(the oracle's forget truth ratios, its open-unlearning Min-K AUC): from an eval dir's items.jsonl,
-    by scoring an oracle model, or (for the world's own sets) from the world's cached oracle evaluation;
-    (None, None) without an oracle."""
+                   split: str = "forget10", progress: bool = True, fmt=None
+                   ) -> tuple[np.ndarray | None, float | None, dict[str, float] | None]:
+    """(the oracle's forget truth ratios, its open-unlearning Min-K AUC, its membership AUC per attack):
+    from an eval dir's items.jsonl, by scoring an oracle model, or (for the world's own sets) from the
+    world's cached oracle evaluation; (None, None, None) without an oracle."""
     if oracle is not None:
         if Path(oracle).is_dir() and (Path(oracle) / "items.jsonl").exists():
-            return oracle_truth_ratios(oracle), oracle_ou_auc(oracle)
+            from obliviate.evals.qa import oracle_mia_aucs_from_items
+
+            rows = read_jsonl(Path(oracle) / "items.jsonl")
+            return oracle_truth_ratios(oracle), oracle_ou_auc(oracle), oracle_mia_aucs_from_items(rows) or None
         omodel, otok, _ = load_model_spec(oracle, split, progress=False, fmt=fmt)
         return oracle_scores(omodel, otok, sets)
     if ref is not None and world_sets:
         models = world_models(ref, which=("target", "oracle"), progress=progress)
-        return cached_world_eval(ref, "oracle", models.oracle, sets, progress=progress)["_forget_truth_ratios"], None
-    return None, None
+        tr = cached_world_eval(ref, "oracle", models.oracle, sets, progress=progress)["_forget_truth_ratios"]
+        return tr, None, None
+    return None, None, None
 
 
-def oracle_scores(model, tokenizer, sets: EvalSets, batch_size: int = 32) -> tuple[np.ndarray, float | None]:
-    """What forget quality and privleak need of an oracle model, and no more: its forget truth ratios and
-    its open-unlearning Min-K AUC (forget against holdout), without generation or the retain sets."""
+def oracle_scores(model, tokenizer, sets: EvalSets, batch_size: int = 32
+                  ) -> tuple[np.ndarray, float | None, dict[str, float] | None]:
+    """What forget quality and the PrivLeaks need of an oracle model, and no more: its forget truth ratios,
+    its open-unlearning Min-K AUC and its membership AUC per attack (forget against holdout), without
+    generation or the retain sets."""
+    from obliviate import metrics as M
     from obliviate.evals.open_unlearning import min_k_auc
     from obliviate.evals.qa import score_set
 
     forget = score_set(model, tokenizer, sets.forget, "forget", "forget", batch_size=batch_size, generate=False)
     if not sets.holdout:
-        return forget.truth_ratio, None
+        return forget.truth_ratio, None, None
     holdout = score_set(model, tokenizer, sets.holdout, "holdout", "holdout", batch_size=batch_size, generate=False)
-    return forget.truth_ratio, min_k_auc(forget.ou["min_k"], holdout.ou["min_k"])
+    aucs = {attack: float(M.mia_auc(forget.mia[attack], holdout.mia[attack])["auc"]) for attack in forget.mia}
+    return forget.truth_ratio, min_k_auc(forget.ou["min_k"], holdout.ou["min_k"]), aucs
 
 
 def resolve_oracle_truth_ratios(oracle: str | None, ref: WorldRef | None, sets: EvalSets, world_sets: bool,
@@ -208,8 +222,13 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
                     mapping: list[str] | None = None, generate: bool = True,
                     progress: bool = True, fmt=None, device: str = "auto", dtype: str = "auto",
                     batch_size: int = 32, data: str | None = None, legacy: bool = False,
-                    preset: str | None = None) -> dict[str, Any]:
+                    preset: str | None = None, reference_model: str | None = None,
+                    gradnorm: bool = False) -> dict[str, Any]:
     """Load `target` (any model spec), score it with the qa suite against its oracle, write the results.
+
+    `reference_model` (a model spec with the target's tokenizer) adds the reference-model membership
+    attack; `gradnorm` the GradNorm attack (a backward pass per item). With an oracle and a holdout set,
+    each attack's PrivLeak is reported against the oracle's AUC (TOFU's PrivLeak).
 
     The sets: `data` (a data spec such as `tofu:forget10@DIR`; a run's recorded spec by default), else
     the `forget`/`retain`/`utility`/`holdout` files, else the target's world. Returns the results payload
@@ -239,12 +258,15 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
     world_sets = sets is None and forget is None
     if sets is None:
         sets = load_eval_sets(ref, forget, retain, utility, holdout, mapping)
-    oracle_tr, oracle_auc = resolve_oracle(oracle, ref, sets, world_sets=world_sets, split=split,
-                                           progress=progress, fmt=fmt)
+    oracle_tr, oracle_auc, oracle_mia = resolve_oracle(oracle, ref, sets, world_sets=world_sets, split=split,
+                                                       progress=progress, fmt=fmt)
+    qa_options: dict[str, Any] = {"gradnorm": gradnorm, "oracle_mia_auc": oracle_mia}
+    if reference_model is not None:
+        qa_options["reference_model"] = load_model_spec(reference_model, split, progress=False, fmt=fmt)[0]
     payload = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, generate=generate, batch_size=batch_size,
                        config={"target": target, "oracle": oracle, "data": str(spec) if spec else None,
                                "prompt_format": fmt.state()}, preset=preset, ou_ref_auc=oracle_auc,
-                       progress=progress, name=Path(target).name or str(target))
+                       progress=progress, name=Path(target).name or str(target), qa_options=qa_options)
     payload.pop("_forget_truth_ratios")
     payload.pop("_ou_min_k_auc")
     if spec is not None and spec.benchmark == "rwku":  # RWKU's own table: ROUGE-L recall per probe level
