@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from obliviate.attacks import ATTACKS  # noqa: E402
 from obliviate.attacks.facts import world_sets  # noqa: E402
 from obliviate.attacks.measure import PromptAttack  # noqa: E402
-from obliviate.interventions.classifier import Detector, fit_detector  # noqa: E402
+from obliviate.interventions.detector import Detector, fit_detector  # noqa: E402
 from obliviate.models.loading import load_model  # noqa: E402
 from obliviate.models.prompts import DEFAULT_FORMAT, encode_prompts  # noqa: E402
 from obliviate.world import build_world_models, get_world  # noqa: E402

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from obliviate.interventions import classifier as clf
-from obliviate.interventions.classifier import MINILM, PromptClassifier, fit_detector
+from obliviate.interventions.classifier import MINILM, PromptClassifier
+from obliviate.interventions.detector import fit_detector, report_table
 from obliviate.methods.eco import ECOConfig
 from tests.conftest import build_tiny_tokenizer
 from tests.test_classifier_report import FORGET, RETAIN
@@ -129,7 +130,7 @@ def test_detector_config_builds_the_cascade_by_default_and_reports_what_it_scree
     for kind in ("original", "paraphrased"):
         row = report["held_out"][kind]
         assert row["fpr"] <= row["screened_in"] <= 1  # a flagged prompt passed the prefilter
-    table = clf.report_table(report)
+    table = report_table(report)
     assert table is not None and len(table.columns) == 8
 
 

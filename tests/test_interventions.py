@@ -18,7 +18,7 @@ import torch
 
 from obliviate.data.refusals import refusal_for
 from obliviate.data.schema import LabelledText, QAItem
-from obliviate.errors import ObliviateError
+from obliviate.errors import ConfigError, ObliviateError
 from obliviate.evals.qa import run_qa_suite
 from obliviate.interventions import load_intervention
 from obliviate.interventions.classifier import PromptClassifier, conformal_threshold
@@ -90,14 +90,18 @@ def _variant(name: str, **values):
     return cls(cls.Config(**values))
 
 
+# Three forget items are too few to calibrate a conformal threshold: the gates take a fixed one, as ECO and GUARD do.
+TOY_GATE = {"embedder": "hashing", "threshold": 0.5}
+
+
 def _configs():
     return {
         "spul": SPUL(SPULConfig(num_tokens=4, lr=3e-3, epochs=30, batch_size=7)),
-        "spul+gate": _variant("spul+gate", num_tokens=4, lr=3e-3, epochs=30, batch_size=7),
+        "spul+gate": _variant("spul+gate", num_tokens=4, lr=3e-3, epochs=30, batch_size=7, **TOY_GATE),
         "icul": ICUL(ICULConfig(n_correct=2)),
-        "icul+gate": _variant("icul+gate", n_correct=2),
+        "icul+gate": _variant("icul+gate", n_correct=2, **TOY_GATE),
         "prompt": PromptBaseline(),
-        "prompt+gate": _variant("prompt+gate"),
+        "prompt+gate": _variant("prompt+gate", **TOY_GATE),
         "eco": ECO(ECOConfig(embedder="hashing", threshold=0.5, target="prompt", corruption="rand_noise_top_k",
                              dims=4, strength=1.0, zo_steps=4, zo_lr=30.0, target_probability=0.3)),
         "guard": GUARD(GUARDConfig(embedder="hashing", threshold=0.5)),
@@ -449,9 +453,10 @@ def test_conformal_threshold_bounds_the_false_negative_rate():
     k = math.floor(alpha * (n + 1))
     assert fnr <= alpha + 0.015 and fnr == pytest.approx(k / (n + 1), abs=0.02)  # tight, not vacuous
     assert conformal_threshold([0.9, 0.8], 0.1) == -math.inf  # too few points: flag everything
-    with pytest.warns(UserWarning, match="every prompt will be flagged"):
-        clf = PromptClassifier.fit([["a b"], ["a c"], ["a d"]], ["x y", "x z"], embedder="hashing", alpha=0.1)
-    assert clf.flags(["x y"]).all()
+    # too few calibration groups for alpha: one line saying what would work, not a classifier flagging everything
+    with pytest.raises(ConfigError, match=r"1 calibration groups \(of 3 forget items\) are too few for alpha=0.1, "
+                                          r"which needs 9; use --set alpha=0.5 or larger, at least 30 forget items"):
+        PromptClassifier.fit([["a b"], ["a c"], ["a d"]], ["x y", "x z"], embedder="hashing", alpha=0.1)
 
 
 def test_conformal_threshold_on_grouped_prompts_bounds_the_false_negative_rate_by_simulation():

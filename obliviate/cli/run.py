@@ -85,7 +85,7 @@ def unlearn(
         console.print(f"note: long {name} passages split into chunks of at most max_length tokens: "
                       f"{counts['passages']} passages into {counts['chunks']} chunks")
     if isinstance(summary.get("classifier"), dict):
-        from obliviate.interventions.classifier import report_table
+        from obliviate.interventions.detector import report_table
 
         table = report_table(summary["classifier"])
         if table is not None:

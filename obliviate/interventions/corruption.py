@@ -44,7 +44,8 @@ import torch
 
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.interventions.base import Intervention, cache_length, call_model
-from obliviate.interventions.classifier import Detector, PromptClassifier
+from obliviate.interventions.classifier import PromptClassifier
+from obliviate.interventions.detector import Detector
 
 CORRUPTIONS = ("rand_noise_first_n", "rand_noise_top_k", "zero_out_top_k", "flip_sign_top_k")
 NOISY = ("rand_noise_first_n", "rand_noise_top_k")

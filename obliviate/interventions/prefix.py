@@ -60,7 +60,7 @@ from obliviate.interventions.base import (
     call_model,
     parameter_versions,
 )
-from obliviate.interventions.classifier import Detector
+from obliviate.interventions.detector import Detector
 from obliviate.interventions.regions import PromptReader
 
 STATIC = "static"  # the key of a prefix that is the same for every row

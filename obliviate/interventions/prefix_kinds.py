@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from obliviate.errors import ObliviateError
-from obliviate.interventions.classifier import Detector, get_embedder
+from obliviate.interventions.classifier import get_embedder
+from obliviate.interventions.detector import Detector
 from obliviate.interventions.prefix import STATIC, PrefixIntervention, tokenizer_bos
 from obliviate.interventions.regions import PromptReader
 

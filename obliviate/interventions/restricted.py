@@ -41,7 +41,8 @@ from transformers import LogitsProcessor
 
 from obliviate.errors import ObliviateError
 from obliviate.interventions.base import Intervention, cache_length, call_model
-from obliviate.interventions.classifier import Detector, PromptClassifier
+from obliviate.interventions.classifier import PromptClassifier
+from obliviate.interventions.detector import Detector
 from obliviate.interventions.regions import PromptReader, Region
 from obliviate.models.prompts import PromptFormat
 

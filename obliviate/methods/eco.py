@@ -41,8 +41,9 @@ from pydantic import Field
 
 from obliviate.data.schema import subject_name
 from obliviate.errors import ConfigError
-from obliviate.interventions.classifier import HASHING, MINILM, fit_detector
+from obliviate.interventions.classifier import HASHING, MINILM
 from obliviate.interventions.corruption import NOISY, EmbeddingCorruption
+from obliviate.interventions.detector import fit_detector
 from obliviate.interventions.regions import phrase_token_ids
 from obliviate.methods.base import MethodConfig
 from obliviate.methods.inference import InterventionMethod, item_kind

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from obliviate.data.schema import subject_name
 from obliviate.errors import ConfigError
-from obliviate.interventions.classifier import fit_detector
+from obliviate.interventions.detector import fit_detector
 from obliviate.interventions.regions import phrase_token_ids
 from obliviate.interventions.restricted import RestrictedDecoding
 from obliviate.methods.eco import DetectorConfig

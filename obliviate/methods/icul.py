@@ -46,7 +46,8 @@ from pydantic import Field
 from obliviate.data.refusals import refusal_for
 from obliviate.data.schema import LabelledText, subject_name
 from obliviate.errors import ConfigError
-from obliviate.interventions.classifier import fit_detector, get_embedder, item_prompts
+from obliviate.interventions.classifier import get_embedder
+from obliviate.interventions.detector import fit_detector, item_prompts
 from obliviate.interventions.prefix import tokenizer_bos
 from obliviate.interventions.prefix_kinds import InContextExamples, InContextPrefix
 from obliviate.interventions.regions import PromptReader, classifier_text

@@ -52,7 +52,7 @@ from obliviate.data.refusals import refusal_for
 from obliviate.data.schema import LabelledText
 from obliviate.errors import ConfigError
 from obliviate.interventions.base import frozen
-from obliviate.interventions.classifier import fit_detector
+from obliviate.interventions.detector import fit_detector
 from obliviate.interventions.prefix import tokenizer_bos
 from obliviate.interventions.prefix_kinds import SoftPrompt
 from obliviate.interventions.training import train_parameters
