@@ -22,6 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from obliviate.errors import ObliviateError
+
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
@@ -146,3 +148,40 @@ def build_dir_atomic(final: Path, build) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+OUT_MARKER = ".obliviate"  # written into every run directory as it starts, so the tool knows its own
+
+
+def check_out_dir(path: str | Path, ours: Iterable[str] = (OUT_MARKER,), force: bool = False,
+                  flag: str = "--out") -> Path:
+    """Refuse an output directory the tool must not write into, before any work is done.
+
+    A path that is a file, or lies inside a file, is refused; so is a non-empty directory holding
+    none of `ours` (the files by which the tool knows a run or bench of its own), unless `force`.
+    Returns the path.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ObliviateError(f"{flag} {path}: is a file, not a directory; give a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ObliviateError(f"{flag} {path}: {parent} is a file, not a directory")
+            break
+    if path.is_dir() and not force and not any((path / name).exists() for name in ours):
+        try:
+            empty = next(path.iterdir(), None) is None
+        except OSError as exc:
+            raise ObliviateError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+        if not empty:
+            raise ObliviateError(f"{flag} {path}: a non-empty directory this tool did not write; give a new "
+                                 "or empty directory, or --force to write into it")
+    return path
+
+
+def mark_out_dir(path: str | Path) -> None:
+    """Create `path` and mark it as the tool's own (`OUT_MARKER`), so later runs may write into it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OUT_MARKER).touch()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.errors import ObliviateError
-from obliviate.io import read_json, write_json
+from obliviate.io import OUT_MARKER, check_out_dir, read_json, write_json
 from obliviate.version import __version__
 
 # The installed distributions whose versions change a run's numbers, recorded in every config.json.
@@ -104,6 +104,16 @@ def write_classifier_report(run_dir: Path, report: dict[str, Any]) -> None:
     The same report is the "classifier" entry of the unlearn summary in config.json.
     """
     write_json(Path(run_dir) / CLASSIFIER_REPORT, report)
+
+
+# Files by which a directory is known as a run of this tool (`io.check_out_dir`): the marker every run
+# writes first, an older run's artifact.json, a checkpoint left by a stopped run.
+RUN_MARKERS = (OUT_MARKER, "artifact.json", "checkpoint", ".checkpoint.tmp", ".checkpoint.old")
+
+
+def check_run_out(out: str | Path, force: bool = False) -> Path:
+    """`--out` for a run: refused when a file, inside a file, or a non-empty directory not of this tool."""
+    return check_out_dir(out, RUN_MARKERS, force)
 
 
 def is_run_dir(path: str | Path) -> bool:

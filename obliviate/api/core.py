@@ -61,7 +61,7 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
             chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
             device: str = "auto", dtype: str = "auto", defaults: str = "auto", progress: bool = True,
             log: Callable[[str], None] | None = None, info: Callable[[str], None] | None = None,
-            report_to: str | Sequence[str] | None = None) -> Run:
+            report_to: str | Sequence[str] | None = None, force: bool = False) -> Run:
     """Unlearn with `method` from `model` into the run directory `out`; returns the Run.
 
     `data` names a benchmark: `"world:forget10"` (the world's split; the model must be `world:...`),
@@ -76,6 +76,7 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
     Warnings about the data (e.g. forget items also in the retain set) go to `log`, by default Python's warnings.
     `report_to` ("tensorboard", "wandb", "mlflow" or a list) logs the losses, the method's logs, the resolved
     config and the final numbers to those trackers (`obliviate.tracking`).
+    A non-empty `out` that is not a run of this tool is refused before any work, unless `force`.
 
         run = ob.unlearn("graddiff", model="world:tiny", data="world:forget10", out="runs/gd",
                          overrides={"lr": 3e-4})
@@ -101,7 +102,8 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
                               None if config is None else Path(config), _pairs(mapping), strict, resume,
                               progress=progress, lora=lora_spec, merge=merge,
                               fmt=_format(prompt, system_prompt, chat_kwargs, max_new_tokens), device=device,
-                              dtype=dtype, data=data, defaults=defaults, info=info, **extra)
+                              dtype=dtype, data=data, defaults=defaults, info=info, force=force,
+                              **extra)
         tracking.log({f"unlearn/{k}": summary.get(k) for k in ("seconds", "train_seconds", "steps",
                                                                 "peak_memory_mb")})
     from accelerate import PartialState

@@ -23,7 +23,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
           max_retain: int | None = None, generate: bool = True, keep_models: bool = True,
           redo_stale: bool = False, report: bool = True, progress: bool = True,
           log: Callable[[str], None] | None = None, report_to: str | Sequence[str] | None = None,
-          data: str | None = None) -> BenchResult:
+          data: str | None = None, force: bool = False) -> BenchResult:
     """Run methods × forget splits × seeds, each unlearned and evaluated against the oracle (and attacked).
 
     Resumable: the same call again keeps finished cells and redoes the rest. On the built-in world,
@@ -32,6 +32,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
     cell (`obliviate.tracking`).
     `data="tofu:forget10@DIR"` (with `model=`) benchmarks on a named benchmark instead: its training
     sets, its evaluation sets and its own suite (`muse:...` the text suite, `wmdp` lm-evaluation-harness).
+    A non-empty `out` that is not a bench is refused before any work, unless `force`.
 
         board = ob.bench(["ga", "npo"], world="tiny", seeds=2, out="bench/b1")
         board.to_pandas()
@@ -77,7 +78,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
         report_to=parse_report_to(report_to),
     )
     outcome = run_bench(spec, Path(out), jobs=jobs, progress=progress, log=log, report=report,
-                        redo_stale=redo_stale)
+                        redo_stale=redo_stale, force=force)
     board = BenchResult.load(outcome.root)
     board.total, board.ran, board.kept, board.failed = outcome.total, outcome.ran, outcome.kept, outcome.failed
     board.seconds, board.files = outcome.seconds, outcome.files
@@ -202,7 +203,7 @@ def protocol(name: str, method: str, *, out: str | Path, model: str = "world:sma
 def demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: str = "graddiff",
          out: str | Path = "runs/demo", progress: bool = True,
          log: Callable[[str], None] | None = None,
-         overrides: Sequence[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
+         overrides: Sequence[str] | Mapping[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
     """The whole story on the built-in world: target, unlearned and oracle side by side.
 
     Returns {"run", "seconds", "models": {"target": aggregates, METHOD: aggregates, "oracle (retrain)": ...}}.
@@ -212,4 +213,4 @@ def demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: 
     from obliviate.workflow.demo import run_demo
 
     return run_demo(preset, seed, split, method, Path(out), progress=progress, log=log,
-                    overrides=_overrides(overrides))
+                    overrides=_overrides(overrides), force=force)

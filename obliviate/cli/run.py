@@ -13,6 +13,7 @@ from obliviate.cli.app import (
     DataOpt,
     DeviceOpt,
     DtypeOpt,
+    ForceOpt,
     JsonOpt,
     MaxNewTokensOpt,
     PromptOpt,
@@ -59,6 +60,7 @@ def unlearn(
     dtype: DtypeOpt = "auto",
     defaults: Annotated[str, typer.Option(help="method defaults: paper (7B-scale, the paper's code), world (tuned "
                                                "on the built-in world) or auto (world for world: models)")] = "auto",
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
     report_to: ReportToOpt = None,
 ) -> None:
@@ -72,7 +74,7 @@ def unlearn(
                           overrides=set_, config=config, mapping=map_, strict=strict, resume=resume, merge=merge,
                           ref=ref, prompt=fmt, device=device, dtype=dtype, defaults=defaults, progress=not as_json,
                           log=warn, info=None if as_json else _info,
-                          report_to=report_to).summary
+                          report_to=report_to, force=force).summary
     if not PartialState().is_main_process:
         return
     if as_json:
@@ -246,6 +248,7 @@ def demo(
     split: Split = "forget10",
     method: Annotated[str, typer.Option(help="unlearning method")] = "graddiff",
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a method config key: key=value")] = None,
 ) -> None:
@@ -253,7 +256,7 @@ def demo(
     from obliviate.api import demo as run_demo
 
     story = run_demo(preset, seed, split, method, out, progress=not as_json,
-                     log=None if as_json else console.print, overrides=set_)
+                     log=None if as_json else console.print, overrides=set_, force=force)
     if as_json:
         return print_json(story)
     console.print(side_by_side(story["models"], f"world:{preset}@{seed} {split} — {method} vs target vs oracle"))

@@ -2,12 +2,17 @@
 
 Defaults: the fastest device available (cuda > mps > cpu); bfloat16 on GPUs that support it, otherwise
 float16 on cuda and float32 elsewhere. Loaded models are in eval mode and always have a pad
-token, so batched scoring and generation never have to special-case it. Remote code runs only when
-`trust_remote_code=True` is passed explicitly.
+token, so batched scoring and generation never have to special-case it.
+
+Remote code runs only when asked for: every load passes `trust_remote_code` explicitly (False unless
+`trust_remote_code=True` is given, or `allow_remote_code(True)` was called: the CLI's
+`--trust-remote-code`), so transformers never asks on stdin, and a local model directory holding
+custom code is refused, by name, before anything in it is read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -70,6 +75,35 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
         ) from None
 
 
+_remote_code = False  # the process-wide default of `load_model(trust_remote_code=None)`
+
+
+def allow_remote_code(allow: bool) -> None:
+    """Let model directories' own Python run on load (the CLI's `--trust-remote-code`), or not."""
+    global _remote_code
+    _remote_code = bool(allow)
+
+
+def remote_code_allowed() -> bool:
+    """Whether `allow_remote_code(True)` was called (the CLI's `--trust-remote-code`)."""
+    return _remote_code
+
+
+def custom_code(path: Path) -> str | None:
+    """What in the local model directory `path` is custom code (a .py file, an `auto_map`), or None."""
+    scripts = sorted(p.name for p in path.glob("*.py"))
+    if scripts:
+        return scripts[0]
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return f"the auto_map in {name}"
+    return None
+
+
 def _looks_local(name: str) -> bool:
     """A filesystem path rather than a hub id (a hub id is "name" or "org/name")."""
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
@@ -124,17 +158,21 @@ def load_model(
     name_or_path: str | Path,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
-    trust_remote_code: bool = False,
+    trust_remote_code: bool | None = None,
 ):
-    """(model, tokenizer) from a hub name or a local directory, in eval mode, with a pad token."""
+    """(model, tokenizer) from a hub name or a local directory, in eval mode, with a pad token.
+
+    `trust_remote_code` None takes the process-wide setting (`allow_remote_code`, off by default).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
     path = Path(name).expanduser()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    # Remote code runs only when asked for; the keyword is not even passed otherwise.
-    common = {"trust_remote_code": True} if trust_remote_code else {}
+    # Always passed, so that transformers never prompts on stdin (nor runs code on a piped "y").
+    trust = _remote_code if trust_remote_code is None else bool(trust_remote_code)
+    common = {"trust_remote_code": trust}
     model_kwargs = {"dtype": torch_dtype, **common}
     if dev.type != "cpu":
         model_kwargs["device_map"] = {"": dev}  # load straight onto the accelerator
@@ -143,6 +181,10 @@ def load_model(
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ObliviateError(f"{path}: not a model directory (no config.json)")
         name = str(path)
+        code = custom_code(path) if not trust else None
+        if code is not None:
+            raise ObliviateError(f"{path}: the model directory holds custom code ({code}); it is not run "
+                                 "unless you pass --trust-remote-code")
         if any(path.glob("*.safetensors")):
             model_kwargs["use_safetensors"] = True
     elif _looks_local(name):
