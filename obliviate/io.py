@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from obliviate.errors import ObliviateError
+from obliviate.errors import DataError, ObliviateError
 
 
 def _default(obj: Any) -> Any:
@@ -95,14 +95,43 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
             handle.write(json.dumps(row, default=_default) + "\n")
 
 
+DAMAGED = "the file looks damaged: re-run the command that wrote it, or delete it"
+
+
+def _read_text(path: str | Path) -> str:
+    """The file's text; unreadable or non-UTF-8 bytes are a one-line `DataError` naming the file (and line)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(path, f"cannot read it ({exc.strerror or type(exc).__name__})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not valid UTF-8; {DAMAGED}", data[: exc.start].count(b"\n") + 1) from None
+
+
 def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """A JSON file; a damaged one is a one-line `DataError` naming the file and line."""
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc.msg}); {DAMAGED}", exc.lineno) from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """A JSON Lines file, one object a line; a damaged line is a one-line `DataError` naming it."""
+    rows = []
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"not valid JSON ({exc.msg}); {DAMAGED}", number) from None
+        if not isinstance(row, dict):
+            raise DataError(path, f"expected a JSON object; {DAMAGED}", number)
+        rows.append(row)
+    return rows
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

@@ -44,7 +44,7 @@ def unlearn(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
     config: Annotated[Path | None, typer.Option(help="method config file (.yaml/.toml/.json)")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
-    strict: Annotated[bool, typer.Option(help="make forget/retain overlap an error")] = False,
+    strict: Annotated[bool, typer.Option(help="make forget/retain overlap and duplicate items an error")] = False,
     resume: Annotated[bool, typer.Option(help="continue a stopped run from its last checkpoint")] = False,
     lora: Annotated[str | None, typer.Option(help="train a LoRA adapter: r=8,alpha=16,targets=all-linear")] = None,
     merge: Annotated[bool, typer.Option(help="with --lora: save merged full weights, not the adapter")] = False,

@@ -52,7 +52,7 @@ class FinetuneConfig(MethodConfig):
     epochs: int = Field(5, description="passes over the forget set", ge=1)
     batch_size: int = Field(16, description="forget examples per micro-batch (retain batches match it)", ge=1)
     grad_accum: int = Field(1, description="micro-batches per optimiser step", ge=1)
-    max_steps: int | None = Field(None, description="stop after this many optimiser steps (overrides epochs)")
+    max_steps: int | None = Field(None, description="stop after this many optimiser steps (overrides epochs)", ge=1)
     warmup_ratio: float = Field(0.0, description="fraction of steps with linear warm-up", ge=0, le=1)
     weight_decay: float = Field(0.0, description="AdamW weight decay (not on biases and norm weights)", ge=0)
     max_grad_norm: float = Field(1.0, description="gradient clipping norm (0 disables)", ge=0)

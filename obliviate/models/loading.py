@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.io import dir_mode
@@ -75,6 +76,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
         ) from None
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # torch.load'ed weights: pickles
 _remote_code = False  # the process-wide default of `load_model(trust_remote_code=None)`
 
 
@@ -187,13 +189,18 @@ def load_model(
                                  "unless you pass --trust-remote-code")
         if any(path.glob("*.safetensors")):
             model_kwargs["use_safetensors"] = True
+        else:
+            pickles = sorted(p.name for ext in PICKLE_SUFFIXES for p in path.glob(f"*{ext}"))
+            if pickles:
+                raise ObliviateError(f"{path}: the weights are a pickle ({pickles[0]}), which can run code when "
+                                     "read; convert them to safetensors (model.save_pretrained(dir)) and load that")
     elif _looks_local(name):
         raise ObliviateError(f"{name}: model directory not found")
     try:
         config = _from_pretrained(AutoConfig, name, local, **common)  # fails fast, before any weights
         tokenizer = _from_pretrained(AutoTokenizer, name, local, **common)
         model = _from_pretrained(AutoModelForCausalLM, name, local, config=config, **model_kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         where = "" if local else " (not a local directory, and not loadable from the Hugging Face hub)"
         raise ObliviateError(f"cannot load model {name!r}{where}: {_one_line(exc)}") from None
     if "device_map" not in model_kwargs:
@@ -222,13 +229,24 @@ def hub_name(spec: str | Path, loaded_from: str | Path | None = None) -> str:
     return str(loaded_from or spec)
 
 
+def check_finite(model: torch.nn.Module, out: str | Path) -> None:
+    """Refuse to save a model any of whose parameters holds a NaN or an infinity (a diverged run)."""
+    params = list(model.named_parameters())
+    bad = [name for name, p in params if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ObliviateError(f"{out}: {len(bad)} of {len(params)} weight tensors hold NaN or inf (e.g. {bad[0]}); "
+                             "the model diverged and is not saved; lower the learning rate")
+
+
 def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     """Save weights (safetensors), config and tokenizer so that `load_model(out_dir)` restores them.
 
     Everything is written into a temporary sibling directory first, then renamed into place, so
-    `out_dir` is never seen half-written. An existing `out_dir` is replaced.
+    `out_dir` is never seen half-written. An existing `out_dir` is replaced. A model with a NaN or
+    infinite weight is refused (`check_finite`), so a diverged run never leaves weights behind.
     """
     out = Path(out_dir)
+    check_finite(model, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -34,7 +34,7 @@ def load_train_sets(forget: str | None, retain: str | None, ref: WorldRef | None
                     strict: bool, log: Callable[[str], None] = _warn):
     """(forget items, retain items): the given files (QA items, or text passages when a file has a
     `text` column and no `question`), else the world's training split."""
-    from obliviate.data import check_forget_set, check_overlap, load_items, parse_mapping
+    from obliviate.data import check_duplicates, check_forget_set, check_overlap, load_items, parse_mapping
 
     cols = parse_mapping(mapping) if mapping else None
     if forget is None:
@@ -47,6 +47,9 @@ def load_train_sets(forget: str | None, retain: str | None, ref: WorldRef | None
     forget_items = load_items(forget, "auto", cols)
     check_forget_set(forget_items, forget)
     retain_items = load_items(retain, "auto", cols) if retain else []
+    for line in [*check_duplicates(forget_items, forget, strict),
+                 *(check_duplicates(retain_items, retain, strict) if retain else [])]:
+        log(line)
     for line in check_overlap(forget_items, retain_items, forget, retain or "", strict=strict):
         log(line)
     return forget_items, retain_items
