@@ -95,6 +95,14 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
             handle.write(json.dumps(row, default=_default) + "\n")
 
 
+class DamagedFileError(DataError, ValueError):
+    """A run or cache file that cannot be read back: a one-line error naming the file and line.
+
+    Also a `ValueError`, so code that treats an unparsable file as absent (a cache entry to rebuild,
+    a bench cell to redo) keeps doing so.
+    """
+
+
 DAMAGED = "the file looks damaged: re-run the command that wrote it, or delete it"
 
 
@@ -107,7 +115,7 @@ def _read_text(path: str | Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(path, f"not valid UTF-8; {DAMAGED}", data[: exc.start].count(b"\n") + 1) from None
+        raise DamagedFileError(path, f"not valid UTF-8; {DAMAGED}", data[: exc.start].count(b"\n") + 1) from None
 
 
 def read_json(path: str | Path) -> Any:
@@ -115,7 +123,7 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON ({exc.msg}); {DAMAGED}", exc.lineno) from None
+        raise DamagedFileError(path, f"not valid JSON ({exc.msg}); {DAMAGED}", exc.lineno) from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -127,9 +135,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(path, f"not valid JSON ({exc.msg}); {DAMAGED}", number) from None
+            raise DamagedFileError(path, f"not valid JSON ({exc.msg}); {DAMAGED}", number) from None
         if not isinstance(row, dict):
-            raise DataError(path, f"expected a JSON object; {DAMAGED}", number)
+            raise DamagedFileError(path, f"expected a JSON object; {DAMAGED}", number)
         rows.append(row)
     return rows
 

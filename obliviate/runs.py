@@ -111,9 +111,22 @@ def write_classifier_report(run_dir: Path, report: dict[str, Any]) -> None:
 RUN_MARKERS = (OUT_MARKER, "artifact.json", "checkpoint", ".checkpoint.tmp", ".checkpoint.old")
 
 
+RUN_SUBDIRS = ("model", "adapter", "intervention")  # directories a run replaces as a whole
+
+
 def check_run_out(out: str | Path, force: bool = False) -> Path:
-    """`--out` for a run: refused when a file, inside a file, or a non-empty directory not of this tool."""
-    return check_out_dir(out, RUN_MARKERS, force)
+    """`--out` for a run: refused when a file, inside a file, or a non-empty directory not of this tool.
+
+    With `force`, a directory not of this tool is written into, but a directory a run replaces as a
+    whole (`RUN_SUBDIRS`) is never taken from it: such a name already there is refused.
+    """
+    out = check_out_dir(out, RUN_MARKERS, force)
+    if out.is_dir() and not any((out / name).exists() for name in RUN_MARKERS):
+        for name in RUN_SUBDIRS:
+            if (out / name).exists():
+                raise ObliviateError(f"--out {out}: its {name}/ was not written by this tool and a run would "
+                                     "replace it; move it away, or give another directory")
+    return out
 
 
 def is_run_dir(path: str | Path) -> bool:
