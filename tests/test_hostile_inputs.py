@@ -487,3 +487,19 @@ def test_trust_remote_code_is_passed_as_false(tmp_path, tiny_model_dir, monkeypa
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
     load_model(tiny_model_dir, device="cpu")
     assert seen and all(value is False for value in seen), seen
+
+
+def test_forget_generations_stay_out_of_items_unless_asked(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    extra = {"paraphrased_answer": "It is Paris.", "perturbed_answers": ["It is Rome.", "It is Oslo."]}
+    forget = _jsonl(tmp_path / "forget.jsonl", [{**row, **extra} for row in GOOD])
+    retain = _jsonl(tmp_path / "retain.jsonl", [{"question": "What is the capital of France?", "answer": "Paris",
+                                                 **extra}])
+    for flag, out in (([], tmp_path / "plain"), (["--keep-generations"], tmp_path / "kept")):
+        code, _, err = run_cli(["eval", str(tiny_model_dir), "--forget", str(forget), "--retain", str(retain),
+                                "--out", str(out), "--max-new-tokens", "2", "--json", *flag], monkeypatch, capsys)
+        assert code == 0, err
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "items.jsonl").read_text().splitlines()]
+            for name in ("plain", "kept")}
+    assert not any("generation" in r for r in rows["plain"] if r["set"] == "forget")
+    assert all("generation" in r for r in rows["kept"] if r["set"] == "forget")
+    assert all("rouge" in r for r in rows["plain"] if r["set"] == "forget")  # the scores are kept

@@ -174,7 +174,8 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
              chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
              batch_size: int = 32, device: str = "auto", dtype: str = "auto", preset: str | None = None,
              progress: bool = True, report_to: str | Sequence[str] | None = None,
-             reference_model: str | Path | None = None, gradnorm: bool = False) -> EvalResult:
+             reference_model: str | Path | None = None, gradnorm: bool = False,
+             keep_generations: bool = False) -> EvalResult:
     """Score a run or model with the qa suite (TOFU-style) against its oracle; returns an EvalResult.
 
     A run from the built-in world is scored on the world's sets against its exact-retrain oracle; a run
@@ -187,6 +188,7 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
     date string and 200-token budget) and adds its seven headline keys (`result.payload["open_unlearning"]`).
     `reference_model` adds the reference-model membership attack, `gradnorm` the GradNorm attack.
     `report_to` logs the aggregates to experiment trackers (`obliviate.tracking`).
+    The forget set's generations go into items.jsonl only with `keep_generations` (docs/privacy.md).
 
         result = ob.evaluate("runs/gd")
         print(result["forget_quality"], result["model_utility"])
@@ -220,7 +222,7 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
                                   fmt=fmt, device=device, dtype=dtype, batch_size=batch_size, data=data,
                                   legacy=legacy, preset=preset,
                                   reference_model=None if reference_model is None else str(reference_model),
-                                  gradnorm=gradnorm)
+                                  gradnorm=gradnorm, keep_generations=keep_generations)
         tracking.log_metrics(payload["aggregates"])
     from obliviate.io import read_jsonl
 

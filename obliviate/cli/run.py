@@ -132,6 +132,9 @@ def eval_cmd(
     suite: Annotated[str, typer.Option(help="evaluation suite")] = "qa",
     map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
     no_generate: Annotated[bool, typer.Option("--no-generate", help="skip generation (no ROUGE)")] = False,
+    keep_generations: Annotated[bool, typer.Option(
+        "--keep-generations", help="write the forget set's generations into items.jsonl (they may hold the "
+                                   "forgotten text; see docs/privacy.md)")] = False,
     lm_eval: Annotated[str | None, typer.Option(
         "--lm-eval", metavar="TASKS", help="lm-evaluation-harness tasks, e.g. mmlu,arc_easy: run these instead "
         "of a suite (needs the lm-eval extra); writes lm_eval.json")] = None,
@@ -222,7 +225,8 @@ def eval_cmd(
                       world=world, split=split, out=out, mapping=map_, generate=not no_generate, data=data,
                       legacy=legacy_subset, prompt=prompt_format(prompt, system_prompt, chat_kwargs, max_new_tokens),
                       batch_size=batch_size, device=device, dtype=dtype, preset=preset, progress=not as_json,
-                      report_to=report_to, reference_model=reference_model, gradnorm=gradnorm)
+                      report_to=report_to, reference_model=reference_model, gradnorm=gradnorm,
+                      keep_generations=keep_generations)
     if as_json:
         return print_json(result.payload)
     console.print(side_by_side({Path(target).name or target: result.aggregates}, "qa suite"))

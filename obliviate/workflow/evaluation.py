@@ -67,11 +67,14 @@ def evaluate(
     progress: bool = False,
     name: str | None = None,
     qa_options: dict[str, Any] | None = None,
+    keep_generations: bool = True,
 ) -> dict[str, Any]:
     """Run the qa suite; write results.json and items.jsonl into `out_dir` (atomically).
 
     `qa_options` go to `run_qa_suite` as they are: `reference_model`, `oracle_mia_auc`, `gradnorm`,
-    `fluency_classifier`.
+    `fluency_classifier`. Without `keep_generations`, the forget set's generations (the model's answers
+    to the questions it was to forget: forgotten text, when unlearning failed) are left out of
+    items.jsonl (docs/privacy.md).
 
     With `preset="open-unlearning"` the payload also holds open-unlearning's seven headline keys
     ("open_unlearning"; privleak against `ou_ref_auc`, the oracle's Min-K AUC). With `progress`, a
@@ -92,6 +95,9 @@ def evaluate(
         payload["preset"] = preset
         payload["open_unlearning"] = ou.headline(result.aggregates, result.ou_items(), ou_ref_auc)
     items = result.items()
+    if not keep_generations:
+        items = [{k: v for k, v in row.items() if k != "generation"} if row.get("set") == "forget" else row
+                 for row in items]
     if out_dir is not None:
         write_jsonl(Path(out_dir) / "items.jsonl", items)
         write_json(Path(out_dir) / "results.json", payload)
@@ -223,7 +229,7 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
                     progress: bool = True, fmt=None, device: str = "auto", dtype: str = "auto",
                     batch_size: int = 32, data: str | None = None, legacy: bool = False,
                     preset: str | None = None, reference_model: str | None = None,
-                    gradnorm: bool = False) -> dict[str, Any]:
+                    gradnorm: bool = False, keep_generations: bool = False) -> dict[str, Any]:
     """Load `target` (any model spec), score it with the qa suite against its oracle, write the results.
 
     `reference_model` (a model spec with the target's tokenizer) adds the reference-model membership
@@ -234,7 +240,8 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
     the `forget`/`retain`/`utility`/`holdout` files, else the target's world. Returns the results payload
     (`aggregates`, `eval_seconds`, `data_hashes`, ...); the results go to `out`, which defaults to the
     target when it is a run directory. `fmt` (a PromptFormat) overrides the prompt format (a run's own,
-    else plain); the oracle is scored in the same format.
+    else plain); the oracle is scored in the same format. The forget set's generations are written to
+    items.jsonl only with `keep_generations` (they may hold the text to forget).
     """
     from obliviate.models.prompts import format_of
     from obliviate.runs import is_run_dir
@@ -266,7 +273,8 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
     payload = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, generate=generate, batch_size=batch_size,
                        config={"target": target, "oracle": oracle, "data": str(spec) if spec else None,
                                "prompt_format": fmt.state()}, preset=preset, ou_ref_auc=oracle_auc,
-                       progress=progress, name=Path(target).name or str(target), qa_options=qa_options)
+                       progress=progress, name=Path(target).name or str(target), qa_options=qa_options,
+                       keep_generations=keep_generations)
     payload.pop("_forget_truth_ratios")
     payload.pop("_ou_min_k_auc")
     if spec is not None and spec.benchmark == "rwku":  # RWKU's own table: ROUGE-L recall per probe level
