@@ -362,6 +362,27 @@ def _(d, model):
     return ["report", str(bench)], [f"{bench / 'bench.json'}:1", "damaged"]
 
 
+@case("eval-oracle-items-truncated")
+def _(d, model):
+    oracle = d / "oracle"
+    oracle.mkdir()
+    (oracle / "items.jsonl").write_text('{"set": "forget", "index": 0, "truth_ratio": 0.5}\n{"set": "forg')
+    forget = _jsonl(d / "forget.jsonl", GOOD)
+    return (["eval", str(model), "--forget", str(forget), "--retain", str(forget), "--oracle", str(oracle),
+             "--out", str(d / "o")], [f"{oracle / 'items.jsonl'}:2", "damaged"])
+
+
+@case("eval-oracle-items-wrong-schema")
+def _(d, model):
+    oracle = d / "oracle"
+    oracle.mkdir()
+    (oracle / "items.jsonl").write_text('{"set": "forget", "index": 0, "truth_ratio": 0.5}\n'
+                                        '{"set": "forget", "index": 1, "tr": 0.4}\n')
+    forget = _jsonl(d / "forget.jsonl", GOOD)
+    return (["eval", str(model), "--forget", str(forget), "--retain", str(forget), "--oracle", str(oracle),
+             "--out", str(d / "o")], [f"{oracle / 'items.jsonl'}:2", "truth_ratio"])
+
+
 # -- other tools' logs ------------------------------------------------------------------------------------
 
 def _tofu_log(bad_value) -> dict:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from obliviate.data.schema import QAItem
-from obliviate.errors import ObliviateError
+from obliviate.errors import DataError, ObliviateError
 from obliviate.io import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from obliviate.workflow.specs import WorldRef, load_model_spec, parse_world_spec, world_models
 
@@ -115,10 +115,14 @@ def cached_world_eval(ref: WorldRef, role: str, model_dir: Path, sets: EvalSets,
                        else stable_hash(np.nan_to_num(oracle_tr).round(6).tolist())})
     out = eval_cache_dir() / f"{ref.preset}-{ref.seed}-{ref.split}-{role}-{key}"
     if (out / "results.json").exists():
-        payload = read_json(out / "results.json")
-        rows = read_jsonl(out / "items.jsonl")
-        payload["_forget_truth_ratios"] = np.array([r["truth_ratio"] for r in rows if r["set"] == "forget"])
-        return payload
+        try:
+            payload = read_json(out / "results.json")
+            rows = read_jsonl(out / "items.jsonl")
+            payload["_forget_truth_ratios"] = np.array([r["truth_ratio"] for r in rows if r["set"] == "forget"])
+            return payload
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged cache entry: evaluated again below, and rewritten
+
     model, tok = load_model(model_dir)
     return evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, config={"role": role}, progress=progress,
                     name=f"{ref.preset}@{ref.seed} {role}")
@@ -132,7 +136,14 @@ def oracle_truth_ratios(spec: str | Path) -> np.ndarray:
         raise ObliviateError(f"{spec}: no items.jsonl with the oracle's per-item results")
     from obliviate.evals.qa import oracle_truth_ratios_from_items
 
-    return oracle_truth_ratios_from_items(read_jsonl(items))
+    rows = read_jsonl(items)
+    for number, row in enumerate(rows, 1):
+        if "set" not in row or (row["set"] == "forget" and not isinstance(row.get("truth_ratio"), int | float)):
+            raise DataError(items, "expected 'set' and a numeric 'truth_ratio', as `obliviate eval` writes them; "
+                                   "re-evaluate the oracle", number)
+    if not any(row["set"] == "forget" for row in rows):
+        raise DataError(items, "no forget-set rows; re-evaluate the oracle on the forget set")
+    return oracle_truth_ratios_from_items(rows)
 
 
 def load_eval_sets(target_ref: WorldRef | None, forget: str | None, retain: str | None,
