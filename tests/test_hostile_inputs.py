@@ -524,3 +524,33 @@ def test_forget_generations_stay_out_of_items_unless_asked(tmp_path, tiny_model_
     assert not any("generation" in r for r in rows["plain"] if r["set"] == "forget")
     assert all("generation" in r for r in rows["kept"] if r["set"] == "forget")
     assert all("rouge" in r for r in rows["plain"] if r["set"] == "forget")  # the scores are kept
+
+
+def test_an_unreadable_data_file_is_one_line(tmp_path, monkeypatch, capsys):
+    """A file the user may not read (simulated: the tests may run as root, who reads everything)."""
+    forget = _jsonl(tmp_path / "forget.jsonl", GOOD)
+    read_bytes = Path.read_bytes
+
+    def denied(self):
+        if self == forget:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    code, _, err = run_cli(_unlearn(tmp_path, forget), monkeypatch, capsys)
+    assert_one_line_error(code, err, str(forget), "cannot read it (Permission denied)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bench_redoes_a_cell_whose_results_are_damaged(tmp_path):
+    from obliviate.bench.spec import COMPLETE, RESULT, BenchSpec, cell_state
+
+    spec = BenchSpec(methods=["ga"], splits=["forget01"], seeds=[0], world="tiny")
+    cell = spec.cells()[-1]
+    path = cell.path(tmp_path)
+    path.mkdir(parents=True)
+    (path / COMPLETE).write_text(json.dumps({"fingerprint": spec.fingerprint(cell)}))
+    (path / RESULT).write_text(json.dumps({"aggregates": {}}))
+    assert cell_state(spec, cell, tmp_path) == "complete"
+    (path / RESULT).write_text('{"aggregates": {')
+    assert cell_state(spec, cell, tmp_path) == "partial"  # redone by `bench` run again, not read
