@@ -297,6 +297,13 @@ def _(d, model):
     return ["bench", "--methods", "ga", "--world", "tiny", "--seeds", "1", "--out", str(user)], [str(user), "--force"]
 
 
+@case("eval-out-inside-a-file")
+def _(d, model):
+    out = _a_file(d) / "eval"
+    forget = _jsonl(d / "forget.jsonl", GOOD)
+    return ["eval", str(model), "--forget", str(forget), "--retain", str(forget), "--out", str(out)], [str(out)]
+
+
 # -- damaged run files ------------------------------------------------------------------------------------
 
 @case("eval-artifact-json-truncated")

@@ -15,7 +15,7 @@ import numpy as np
 
 from obliviate.data.schema import QAItem
 from obliviate.errors import DataError, ObliviateError
-from obliviate.io import read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from obliviate.io import check_out_dir, read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from obliviate.workflow.specs import WorldRef, load_model_spec, parse_world_spec, world_models
 
 
@@ -260,7 +260,7 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
 
     if out is None and not is_run_dir(target):
         raise ObliviateError("--out is required when the target is not a run directory")
-    out = Path(target) if out is None else Path(out)
+    out = Path(target) if out is None else check_out_dir(out, force=True)  # a file, or inside one: refused now
     spec = specs.parse_data_spec(data) if data else None
     if spec is None and forget is None and (recorded := _run_data(target)):
         spec = specs.parse_data_spec(recorded)
