@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from obliviate.errors import ObliviateError
-from obliviate.io import OUT_MARKER, check_out_dir, read_json, write_json
+from obliviate.errors import DataError, ObliviateError
+from obliviate.io import DAMAGED, OUT_MARKER, check_out_dir, read_json, write_json
 from obliviate.version import __version__
 
 # The installed distributions whose versions change a run's numbers, recorded in every config.json.
@@ -138,8 +138,14 @@ def recorded_format(run_dir: str | Path):
     from obliviate.models.prompts import PromptFormat
 
     config = Path(run_dir) / "config.json"
-    state = read_json(config).get("prompt_format") if config.is_file() else None
-    return PromptFormat.from_state(state) if state else None
+    recorded = read_json(config) if config.is_file() else {}
+    if not isinstance(recorded, dict):
+        raise DataError(config, f"expected a JSON object; {DAMAGED}")
+    state = recorded.get("prompt_format")
+    try:
+        return PromptFormat.from_state(state) if state else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise DataError(config, f"'prompt_format' is not one this tool writes; {DAMAGED}") from None
 
 
 def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
@@ -158,8 +164,13 @@ def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto
 
 def _load_artifact(run_dir: Path, device: str, dtype: str):
     from obliviate.models.loading import load_model
-    artifact = read_json(run_dir / "artifact.json")
+    path = run_dir / "artifact.json"
+    artifact = read_json(path)
+    if not isinstance(artifact, dict):
+        raise DataError(path, f"expected a JSON object; {DAMAGED}")
     kind = artifact.get("kind")
+    if kind in ("adapter", "intervention") and not isinstance(artifact.get("base_model"), str):
+        raise DataError(path, f"a run of kind '{kind}' names no base_model; {DAMAGED}")
     if kind == "weights":
         return load_model(run_dir / artifact.get("path", "model"), device=device, dtype=dtype)
     if kind == "adapter":

@@ -315,6 +315,15 @@ def _(d, model):
             [f"{run / 'artifact.json'}:1", "damaged"])
 
 
+@case("eval-artifact-json-missing-key")
+def _(d, model):
+    run = _run(d, model)
+    (run / "artifact.json").write_text(json.dumps({"kind": "adapter", "path": "adapter"}))
+    forget = _jsonl(d / "forget.jsonl", GOOD)
+    return (["eval", str(run), "--forget", str(forget), "--retain", str(forget)],
+            [str(run / "artifact.json"), "base_model", "damaged"])
+
+
 @case("eval-config-json-truncated")
 def _(d, model):
     run = _run(d, model)
@@ -322,6 +331,15 @@ def _(d, model):
     forget = _jsonl(d / "forget.jsonl", GOOD)
     return (["eval", str(run), "--forget", str(forget), "--retain", str(forget)],
             [f"{run / 'config.json'}:2", "damaged"])
+
+
+@case("eval-config-json-wrong-schema")
+def _(d, model):
+    run = _run(d, model)
+    (run / "config.json").write_text(json.dumps(["not", "a", "config"]))
+    forget = _jsonl(d / "forget.jsonl", GOOD)
+    return (["eval", str(run), "--forget", str(forget), "--retain", str(forget)],
+            [str(run / "config.json"), "damaged"])
 
 
 @case("attack-artifact-json-truncated")
