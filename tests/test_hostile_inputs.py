@@ -568,7 +568,7 @@ def test_an_unreadable_data_file_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_bench_redoes_a_cell_whose_results_are_damaged(tmp_path):
-    from obliviate.bench.spec import COMPLETE, RESULT, BenchSpec, cell_state
+    from obliviate.grid.spec import COMPLETE, RESULT, BenchSpec, cell_state
 
     spec = BenchSpec(methods=["ga"], splits=["forget01"], seeds=[0], world="tiny")
     cell = spec.cells()[-1]
