@@ -111,7 +111,7 @@ def _args(inputs: tuple[Path, Path], out: Path) -> list[str]:
     model, forget = inputs
     return ["unlearn", "--method", "ga", "--model", str(model), "--forget", str(forget), "--out", str(out),
             "--device", "cpu", "--set", f"max_steps={STEPS}", "--set", f"save_every={SAVE_EVERY}",
-            "--set", "batch_size=2", "--set", "lr=1e-3", "--json"]
+            "--set", "batch_size=2", "--set", "grad_accum=1", "--set", "lr=1e-3", "--json"]
 
 
 def _outcome(run: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -153,3 +153,50 @@ def test_kill_then_resume_matches_an_uninterrupted_run(scenario, inputs, uninter
         assert torch.equal(weights[name], tensor), name
     leftovers = {p.name for p in run.iterdir()} & {"checkpoint", ".checkpoint.tmp", ".checkpoint.old"}
     assert not leftovers, leftovers
+
+
+def _stopped_run(inputs, run: Path, monkeypatch, capsys) -> None:
+    """A run stopped in step 5 (an exception in place of the kill), its step-4 checkpoint left."""
+    import obliviate.methods
+    from tests.helpers import Killed, dies_at_step
+
+    dying = dies_at_step(obliviate.methods.get_method("ga"), 5)
+    monkeypatch.setattr(obliviate.methods, "get_method", lambda name: dying)
+    with pytest.raises(Killed):
+        run_cli(_args(inputs, run), monkeypatch, capsys)
+    monkeypatch.undo()
+    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 4
+
+
+def test_resume_with_another_config_names_the_fields_then_force_resumes(inputs, tmp_path, monkeypatch, capsys):
+    from tests.helpers import assert_one_line_error
+
+    run = tmp_path / "run"
+    _stopped_run(inputs, run, monkeypatch, capsys)
+    changed = [*_args(inputs, run), "--resume", "--set", "lr=2e-3", "--set", "seed=3"]
+    code, _, err = run_cli(changed, monkeypatch, capsys)
+    assert_one_line_error(code, err, str(run / "checkpoint"), "lr (0.001 in the checkpoint, 0.002 now)",
+                          "seed (0 in the checkpoint, 3 now)", "--force")
+    assert (run / "checkpoint" / "progress.json").is_file()  # nothing lost: resumable as it was
+    code, out, err = run_cli([*changed, "--force"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["resumed_from"] == 4
+
+
+def test_a_damaged_checkpoint_or_torn_log_line(inputs, tmp_path, monkeypatch, capsys):
+    from tests.helpers import assert_one_line_error
+
+    run = tmp_path / "run"
+    _stopped_run(inputs, run, monkeypatch, capsys)
+    with open(run / "train_log.jsonl", "a") as handle:
+        handle.write('{"step": 6, "lo')  # the line a kill tore
+    state = run / "checkpoint" / "state.pt"
+    intact = state.read_bytes()
+    state.write_bytes(intact[: len(intact) // 2])
+    code, _, err = run_cli([*_args(inputs, run), "--resume"], monkeypatch, capsys)
+    assert_one_line_error(code, err, str(state), "damaged")
+    state.write_bytes(intact)
+    code, _, err = run_cli([*_args(inputs, run), "--resume"], monkeypatch, capsys)
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1))

@@ -152,6 +152,9 @@ class FinetuneMethod(Method):
     family = "fine-tuning"
     Config = FinetuneConfig
     paper_defaults: ClassVar[dict[str, Any]] = TOFU_FINETUNE
+    # Set by the caller (the `unlearn` workflow), read by the loop (train/loop.py):
+    keep_checkpoint: bool = False  # keep the last step's checkpoint; the caller drops it once the weights are saved
+    force_resume: bool = False  # resume a checkpoint written with another config
 
     def setup(self, model, tokenizer, forget: list[QAItem], retain: list[QAItem]) -> None:
         """Optional hook run once before training (e.g. to cache reference log-probs)."""

@@ -242,7 +242,8 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     """Save weights (safetensors), config and tokenizer so that `load_model(out_dir)` restores them.
 
     Everything is written into a temporary sibling directory first, then renamed into place, so
-    `out_dir` is never seen half-written. An existing `out_dir` is replaced. A model with a NaN or
+    `out_dir` is never seen half-written, and every file is fsynced before the rename, so the weights
+    are durable once it returns. An existing `out_dir` is replaced. A model with a NaN or
     infinite weight is refused (`check_finite`), so a diverged run never leaves weights behind.
     """
     out = Path(out_dir)
@@ -254,6 +255,7 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        _fsync_tree(tmp)  # durable before it is renamed into place (a checkpoint may be dropped next)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(out, old)
@@ -261,7 +263,26 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+        _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then the directories holding them."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for path in [*sorted(p for p in root.rglob("*") if p.is_dir()), root]:
+        _fsync_dir(path)

@@ -173,6 +173,8 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
         model = apply_lora(model, lora_spec)
     forget_items, retain_items, chunks = chunk_train_sets(tok, forget_items, retain_items, config)
     mark_out_dir(out)
+    instance.keep_checkpoint = True  # the last checkpoint stays until the final weights are durable (below)
+    instance.force_resume = force  # --resume --force: a checkpoint of another config is resumed all the same
     t0 = time.perf_counter()
     summary = instance.unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
     seconds = time.perf_counter() - t0
@@ -205,4 +207,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
         from obliviate.runs import write_classifier_report
 
         write_classifier_report(out, summary["classifier"])
+    from obliviate.train.loop import drop_checkpoint
+
+    drop_checkpoint(out)  # the run is complete and on disk: nothing to resume any more
     return summary
