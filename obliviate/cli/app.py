@@ -72,9 +72,10 @@ ReportToOpt = Annotated[str | None, typer.Option(
     "--report-to", metavar="TRACKERS", help="log losses, the method's logs, the config and the final metrics to "
     "experiment trackers: tensorboard, wandb, mlflow (comma-separated)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="write into a non-empty --out this tool did not write "
-                                                        "(else refused, before any work; nothing of yours is "
-                                                        "deleted); with unlearn --resume, resume a checkpoint "
-                                                        "written with another config")]
+                                                        "(else refused, before any work): files named as the "
+                                                        "tool's own are written over, nothing else is touched; "
+                                                        "with unlearn --resume, resume a checkpoint written with "
+                                                        "another config")]
 
 # How questions become prompts (obliviate.models.prompts); a run records its format, eval and attack reuse it.
 PromptOpt = Annotated[str | None, typer.Option(
