@@ -579,3 +579,27 @@ def test_bench_redoes_a_cell_whose_results_are_damaged(tmp_path):
     assert cell_state(spec, cell, tmp_path) == "complete"
     (path / RESULT).write_text('{"aggregates": {')
     assert cell_state(spec, cell, tmp_path) == "partial"  # redone by `bench` run again, not read
+
+
+def test_a_run_whose_weights_diverge_is_stopped_and_not_saved(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """Finite losses and gradients, but a weight turned infinite: the guard checks the weights too."""
+    import torch
+
+    import obliviate.methods
+
+    ga = obliviate.methods.get_method("ga")
+
+    class Diverges(ga):
+        def compute_loss(self, model, batch):
+            out = super().compute_loss(model, batch)
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).view(-1)[0] = float("inf")
+            return out
+
+    monkeypatch.setattr(obliviate.methods, "get_method", lambda name: Diverges)
+    forget = _jsonl(tmp_path / "forget.jsonl", GOOD)
+    args = _unlearn(tmp_path, forget, "--json", "--set", "max_steps=1", "--set", "batch_size=2",
+                    "--set", "grad_accum=1", model=str(tiny_model_dir))
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert_one_line_error(code, err, "NaN or inf", "lower the learning rate")
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "artifact.json").exists()

@@ -15,7 +15,8 @@ the divergence guard, progress display, per-step logs and atomic checkpoints wit
   take an optimiser step on that loss alone before the micro-batch's `compute_loss` (Opt-Out's
   alternate updates, `methods/snap.py`); gradients accumulated for the main step are set aside
   meanwhile.
-- **Divergence guard.** A NaN or infinite loss or gradient stops the run. With
+- **Divergence guard.** A NaN or infinite loss or gradient stops the run, and so do weights holding
+  one, checked before each checkpoint and at the end (the weights are never saved). With
   `retain_rise_limit`, so does the method's retain term rising past that factor × its first value:
   the first of `RETAIN_TERMS` the method logs (cross-entropy, KL to the reference, RMU's activation
   distance, ULD's uniform KL). Terms that start at 0 (the KL and distance terms of a model that
@@ -239,6 +240,14 @@ def _guard_retain(logs: dict, cfg, first: dict[str, float], step: int, name: str
         )
 
 
+def _check_weights(name: str, params: list[torch.nn.Parameter], step: int, lr: float, out_dir: Path) -> None:
+    """Stop before a checkpoint or the end of training keeps weights holding NaN or inf."""
+    bad = sum(1 for p in params if not bool(torch.isfinite(p.detach()).all()))
+    if bad:
+        raise DivergenceError(f"{name}: {bad} of {len(params)} trained weight tensors hold NaN or inf after step "
+                              f"{step}; lower the learning rate (lr={lr}); {_kept(out_dir)}")
+
+
 def _check_finite(name: str, what: str, value: float, step: int, lr: float, out_dir: Path) -> None:
     if not math.isfinite(value):
         raise DivergenceError(f"{name}: {what} is {value} at step {step + 1}; lower the learning rate (lr={lr}); "
@@ -371,12 +380,14 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
             # the last step too, when the caller keeps it until the final weights are saved
             keep_last = step == total_steps and getattr(method, "keep_checkpoint", False)
             if cfg.save_every and (step % cfg.save_every == 0 and step < total_steps or keep_last):
+                _check_weights(method.name, params, step, cfg.lr, out_dir)
                 if main:
                     _save_checkpoint(out_dir, accelerator, model, optimizer, scheduler, step, {
                         "config_hash": config_hash(method), "config": _config_record(method),
                         "first_retain": first_retain, "method_state": method.state_dict(), "last": last})
                 accelerator.wait_for_everyone()
     accelerator.wait_for_everyone()
+    _check_weights(method.name, params, step, cfg.lr, out_dir)
     model = accelerator.unwrap_model(model)
     model.eval()
     if main and not getattr(method, "keep_checkpoint", False):
