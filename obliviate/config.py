@@ -19,9 +19,9 @@ from obliviate.errors import ConfigError
 
 
 class StrictConfig(BaseModel):
-    """Base for every config: unknown keys are errors, assignments are validated."""
+    """Base for every config: unknown keys are errors, assignments are validated, NaN and inf are refused."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def did_you_mean(name: str, choices: Sequence[str]) -> str:
@@ -58,7 +58,13 @@ def read_config_file(path: str | Path, method: str | None = None) -> dict[str, A
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text) or {}
@@ -69,7 +75,7 @@ def read_config_file(path: str | Path, method: str | None = None) -> dict[str, A
         else:
             raise ConfigError(f"{path}: config must be .yaml, .yml, .toml or .json")
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot parse config ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{_where(path, exc)}: cannot parse config ({_problem(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: config must be a mapping of key: value")
     if is_run_config(data):
@@ -77,6 +83,19 @@ def read_config_file(path: str | Path, method: str | None = None) -> dict[str, A
             raise ConfigError(f"{path}: a run made with method '{data['method']}', not '{method}'")
         return dict(data["method_config"] or {})
     return data
+
+
+def _where(path: Path, exc: Exception) -> str:
+    """`path:line` of a parse error, when the parser knows the line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else getattr(exc, "lineno", None)
+    return f"{path}:{line}" if line else str(path)
+
+
+def _problem(exc: Exception) -> str:
+    """The parser's one-line account of what is wrong (YAML's `problem`, else its first line)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "msg", None)
+    return " ".join(str(problem or exc).split()) or type(exc).__name__
 
 
 def build_config(

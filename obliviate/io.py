@@ -22,6 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from obliviate.errors import DataError, ObliviateError
+
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
@@ -93,14 +95,51 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
             handle.write(json.dumps(row, default=_default) + "\n")
 
 
+class DamagedFileError(DataError, ValueError):
+    """A run or cache file that cannot be read back: a one-line error naming the file and line.
+
+    Also a `ValueError`, so code that treats an unparsable file as absent (a cache entry to rebuild,
+    a bench cell to redo) keeps doing so.
+    """
+
+
+DAMAGED = "the file looks damaged: re-run the command that wrote it, or delete it"
+
+
+def _read_text(path: str | Path) -> str:
+    """The file's text; unreadable or non-UTF-8 bytes are a one-line `DataError` naming the file (and line)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(path, f"cannot read it ({exc.strerror or type(exc).__name__})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DamagedFileError(path, f"not valid UTF-8; {DAMAGED}", data[: exc.start].count(b"\n") + 1) from None
+
+
 def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """A JSON file; a damaged one is a one-line `DataError` naming the file and line."""
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DamagedFileError(path, f"not valid JSON ({exc.msg}); {DAMAGED}", exc.lineno) from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """A JSON Lines file, one object a line; a damaged line is a one-line `DataError` naming it."""
+    rows = []
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DamagedFileError(path, f"not valid JSON ({exc.msg}); {DAMAGED}", number) from None
+        if not isinstance(row, dict):
+            raise DamagedFileError(path, f"expected a JSON object; {DAMAGED}", number)
+        rows.append(row)
+    return rows
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:
@@ -146,3 +185,40 @@ def build_dir_atomic(final: Path, build) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+OUT_MARKER = ".obliviate"  # written into every run directory as it starts, so the tool knows its own
+
+
+def check_out_dir(path: str | Path, ours: Iterable[str] = (OUT_MARKER,), force: bool = False,
+                  flag: str = "--out") -> Path:
+    """Refuse an output directory the tool must not write into, before any work is done.
+
+    A path that is a file, or lies inside a file, is refused; so is a non-empty directory holding
+    none of `ours` (the files by which the tool knows a run or bench of its own), unless `force`.
+    Returns the path.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ObliviateError(f"{flag} {path}: is a file, not a directory; give a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ObliviateError(f"{flag} {path}: {parent} is a file, not a directory")
+            break
+    if path.is_dir() and not force and not any((path / name).exists() for name in ours):
+        try:
+            empty = next(path.iterdir(), None) is None
+        except OSError as exc:
+            raise ObliviateError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+        if not empty:
+            raise ObliviateError(f"{flag} {path}: a non-empty directory this tool did not write; give a new "
+                                 "or empty directory, or --force to write into it")
+    return path
+
+
+def mark_out_dir(path: str | Path) -> None:
+    """Create `path` and mark it as the tool's own (`OUT_MARKER`), so later runs may write into it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OUT_MARKER).touch()

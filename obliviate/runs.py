@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from obliviate.errors import ObliviateError
-from obliviate.io import read_json, write_json
+from obliviate.errors import DataError, ObliviateError
+from obliviate.io import DAMAGED, OUT_MARKER, check_out_dir, read_json, write_json
 from obliviate.version import __version__
 
 # The installed distributions whose versions change a run's numbers, recorded in every config.json.
@@ -106,6 +106,29 @@ def write_classifier_report(run_dir: Path, report: dict[str, Any]) -> None:
     write_json(Path(run_dir) / CLASSIFIER_REPORT, report)
 
 
+# Files by which a directory is known as a run of this tool (`io.check_out_dir`): the marker every run
+# writes first, an older run's artifact.json, a checkpoint left by a stopped run.
+RUN_MARKERS = (OUT_MARKER, "artifact.json", "checkpoint", ".checkpoint.tmp", ".checkpoint.old")
+
+
+RUN_SUBDIRS = ("model", "adapter", "intervention")  # directories a run replaces as a whole
+
+
+def check_run_out(out: str | Path, force: bool = False) -> Path:
+    """`--out` for a run: refused when a file, inside a file, or a non-empty directory not of this tool.
+
+    With `force`, a directory not of this tool is written into, but a directory a run replaces as a
+    whole (`RUN_SUBDIRS`) is never taken from it: such a name already there is refused.
+    """
+    out = check_out_dir(out, RUN_MARKERS, force)
+    if out.is_dir() and not any((out / name).exists() for name in RUN_MARKERS):
+        for name in RUN_SUBDIRS:
+            if (out / name).exists():
+                raise ObliviateError(f"--out {out}: its {name}/ was not written by this tool and a run would "
+                                     "replace it; move it away, or give another directory")
+    return out
+
+
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "artifact.json").is_file()
 
@@ -115,8 +138,14 @@ def recorded_format(run_dir: str | Path):
     from obliviate.models.prompts import PromptFormat
 
     config = Path(run_dir) / "config.json"
-    state = read_json(config).get("prompt_format") if config.is_file() else None
-    return PromptFormat.from_state(state) if state else None
+    recorded = read_json(config) if config.is_file() else {}
+    if not isinstance(recorded, dict):
+        raise DataError(config, f"expected a JSON object; {DAMAGED}")
+    state = recorded.get("prompt_format")
+    try:
+        return PromptFormat.from_state(state) if state else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise DataError(config, f"'prompt_format' is not one this tool writes; {DAMAGED}") from None
 
 
 def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
@@ -135,8 +164,13 @@ def load_run_model(run_dir: str | Path, device: str = "auto", dtype: str = "auto
 
 def _load_artifact(run_dir: Path, device: str, dtype: str):
     from obliviate.models.loading import load_model
-    artifact = read_json(run_dir / "artifact.json")
+    path = run_dir / "artifact.json"
+    artifact = read_json(path)
+    if not isinstance(artifact, dict):
+        raise DataError(path, f"expected a JSON object; {DAMAGED}")
     kind = artifact.get("kind")
+    if kind in ("adapter", "intervention") and not isinstance(artifact.get("base_model"), str):
+        raise DataError(path, f"a run of kind '{kind}' names no base_model; {DAMAGED}")
     if kind == "weights":
         return load_model(run_dir / artifact.get("path", "model"), device=device, dtype=dtype)
     if kind == "adapter":

@@ -61,7 +61,7 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
             chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
             device: str = "auto", dtype: str = "auto", defaults: str = "auto", progress: bool = True,
             log: Callable[[str], None] | None = None, info: Callable[[str], None] | None = None,
-            report_to: str | Sequence[str] | None = None) -> Run:
+            report_to: str | Sequence[str] | None = None, force: bool = False) -> Run:
     """Unlearn with `method` from `model` into the run directory `out`; returns the Run.
 
     `data` names a benchmark: `"world:forget10"` (the world's split; the model must be `world:...`),
@@ -76,6 +76,7 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
     Warnings about the data (e.g. forget items also in the retain set) go to `log`, by default Python's warnings.
     `report_to` ("tensorboard", "wandb", "mlflow" or a list) logs the losses, the method's logs, the resolved
     config and the final numbers to those trackers (`obliviate.tracking`).
+    A non-empty `out` that is not a run of this tool is refused before any work, unless `force`.
 
         run = ob.unlearn("graddiff", model="world:tiny", data="world:forget10", out="runs/gd",
                          overrides={"lr": 3e-4})
@@ -101,7 +102,8 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
                               None if config is None else Path(config), _pairs(mapping), strict, resume,
                               progress=progress, lora=lora_spec, merge=merge,
                               fmt=_format(prompt, system_prompt, chat_kwargs, max_new_tokens), device=device,
-                              dtype=dtype, data=data, defaults=defaults, info=info, **extra)
+                              dtype=dtype, data=data, defaults=defaults, info=info, force=force,
+                              **extra)
         tracking.log({f"unlearn/{k}": summary.get(k) for k in ("seconds", "train_seconds", "steps",
                                                                 "peak_memory_mb")})
     from accelerate import PartialState
@@ -172,7 +174,8 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
              chat_kwargs: Mapping[str, str] | None = None, max_new_tokens: int | None = None,
              batch_size: int = 32, device: str = "auto", dtype: str = "auto", preset: str | None = None,
              progress: bool = True, report_to: str | Sequence[str] | None = None,
-             reference_model: str | Path | None = None, gradnorm: bool = False) -> EvalResult:
+             reference_model: str | Path | None = None, gradnorm: bool = False,
+             keep_generations: bool = False) -> EvalResult:
     """Score a run or model with the qa suite (TOFU-style) against its oracle; returns an EvalResult.
 
     A run from the built-in world is scored on the world's sets against its exact-retrain oracle; a run
@@ -185,6 +188,7 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
     date string and 200-token budget) and adds its seven headline keys (`result.payload["open_unlearning"]`).
     `reference_model` adds the reference-model membership attack, `gradnorm` the GradNorm attack.
     `report_to` logs the aggregates to experiment trackers (`obliviate.tracking`).
+    The forget set's generations go into items.jsonl only with `keep_generations` (docs/privacy.md).
 
         result = ob.evaluate("runs/gd")
         print(result["forget_quality"], result["model_utility"])
@@ -218,7 +222,7 @@ def evaluate(model: str | Path | Run, *, forget: str | Path | None = None, retai
                                   fmt=fmt, device=device, dtype=dtype, batch_size=batch_size, data=data,
                                   legacy=legacy, preset=preset,
                                   reference_model=None if reference_model is None else str(reference_model),
-                                  gradnorm=gradnorm)
+                                  gradnorm=gradnorm, keep_generations=keep_generations)
         tracking.log_metrics(payload["aggregates"])
     from obliviate.io import read_jsonl
 

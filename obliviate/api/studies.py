@@ -23,7 +23,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
           max_retain: int | None = None, generate: bool = True, keep_models: bool = True,
           redo_stale: bool = False, report: bool = True, progress: bool = True,
           log: Callable[[str], None] | None = None, report_to: str | Sequence[str] | None = None,
-          data: str | None = None) -> BenchResult:
+          data: str | None = None, force: bool = False) -> BenchResult:
     """Run methods × forget splits × seeds, each unlearned and evaluated against the oracle (and attacked).
 
     Resumable: the same call again keeps finished cells and redoes the rest. On the built-in world,
@@ -32,6 +32,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
     cell (`obliviate.tracking`).
     `data="tofu:forget10@DIR"` (with `model=`) benchmarks on a named benchmark instead: its training
     sets, its evaluation sets and its own suite (`muse:...` the text suite, `wmdp` lm-evaluation-harness).
+    A non-empty `out` that is not a bench is refused before any work, unless `force`.
 
         board = ob.bench(["ga", "npo"], world="tiny", seeds=2, out="bench/b1")
         board.to_pandas()
@@ -39,6 +40,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
     from obliviate.grid.extras import parse_attacks
     from obliviate.grid.runner import run_bench
     from obliviate.grid.spec import (
+        BENCH_FILE,
         BenchSpec,
         parse_forget_files,
         parse_methods,
@@ -46,8 +48,10 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
         parse_world_splits,
         scope_overrides,
     )
+    from obliviate.io import check_out_dir
     from obliviate.tracking import parse_report_to
 
+    check_out_dir(out, (BENCH_FILE,), force)  # before any work: a file, or a directory of the user's
     names = parse_methods(_csv(methods), moe=model is None and world.partition(":")[2] == "moe")
     if model is None and (retain or oracle or holdout or utility):
         raise ConfigError("--retain, --oracle, --holdout and --utility go with --model (your own model and data)")
@@ -60,7 +64,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
                            retain=retain, oracle=oracle, holdout=holdout, utility=utility, overrides=overrides,
                            jobs=jobs, threads=threads, max_retain=max_retain, generate=generate,
                            keep_models=keep_models, redo_stale=redo_stale, report=report, progress=progress, log=log,
-                           report_to=parse_report_to(report_to))
+                           report_to=parse_report_to(report_to), force=force)
     user, forget_s = model is not None, _csv(forget)
     spec = BenchSpec(
         methods=names,
@@ -77,7 +81,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
         report_to=parse_report_to(report_to),
     )
     outcome = run_bench(spec, Path(out), jobs=jobs, progress=progress, log=log, report=report,
-                        redo_stale=redo_stale)
+                        redo_stale=redo_stale, force=force)
     board = BenchResult.load(outcome.root)
     board.total, board.ran, board.kept, board.failed = outcome.total, outcome.ran, outcome.kept, outcome.failed
     board.seconds, board.files = outcome.seconds, outcome.files
@@ -86,7 +90,7 @@ def bench(methods: str | Sequence[str], *, out: str | Path, world: str = "small"
 
 def _bench_data(names: list[str], data: str, *, out, forget, seeds, attacks, model, retain, oracle, holdout,
                 utility, overrides, jobs, threads, max_retain, generate, keep_models, redo_stale, report, progress,
-                log, report_to) -> BenchResult:
+                log, report_to, force) -> BenchResult:
     """`bench(data=SPEC)`: one split, the benchmark's, read and checked before any cell runs."""
     from obliviate.grid.extras import parse_attacks
     from obliviate.grid.runner import run_bench
@@ -119,7 +123,8 @@ def _bench_data(names: list[str], data: str, *, out, forget, seeds, attacks, mod
                      attacks=parse_attacks(None if attacks is None else _csv(attacks)), max_retain=max_retain,
                      generate=generate, keep_models=keep_models, threads=threads, data=specs.record(spec_d),
                      report_to=report_to)
-    outcome = run_bench(spec, Path(out), jobs=jobs, progress=progress, log=log, report=report, redo_stale=redo_stale)
+    outcome = run_bench(spec, Path(out), jobs=jobs, progress=progress, log=log, report=report, redo_stale=redo_stale,
+                        force=force)
     board = BenchResult.load(outcome.root)
     board.total, board.ran, board.kept, board.failed = outcome.total, outcome.ran, outcome.kept, outcome.failed
     board.seconds, board.files = outcome.seconds, outcome.files
@@ -202,7 +207,7 @@ def protocol(name: str, method: str, *, out: str | Path, model: str = "world:sma
 def demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: str = "graddiff",
          out: str | Path = "runs/demo", progress: bool = True,
          log: Callable[[str], None] | None = None,
-         overrides: Sequence[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
+         overrides: Sequence[str] | Mapping[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
     """The whole story on the built-in world: target, unlearned and oracle side by side.
 
     Returns {"run", "seconds", "models": {"target": aggregates, METHOD: aggregates, "oracle (retrain)": ...}}.
@@ -212,4 +217,4 @@ def demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: 
     from obliviate.workflow.demo import run_demo
 
     return run_demo(preset, seed, split, method, Path(out), progress=progress, log=log,
-                    overrides=_overrides(overrides))
+                    overrides=_overrides(overrides), force=force)

@@ -49,8 +49,14 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                 help="print the versions of obliviate, torch, transformers "
-                                                     "and the device, then exit")] = False) -> None:
+                                                     "and the device, then exit")] = False,
+          trust_remote_code: Annotated[bool, typer.Option(
+              "--trust-remote-code", help="let a model directory's own Python code (and lm-eval's !function) run "
+                                          "when it loads (off: such a model or task is refused)")] = False) -> None:
     """Make a language model forget chosen data, and prove that it did."""
+    from obliviate.models.loading import allow_remote_code
+
+    allow_remote_code(trust_remote_code)
 
 
 app.add_typer(world_app, name="world")
@@ -65,6 +71,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JS
 ReportToOpt = Annotated[str | None, typer.Option(
     "--report-to", metavar="TRACKERS", help="log losses, the method's logs, the config and the final metrics to "
     "experiment trackers: tensorboard, wandb, mlflow (comma-separated)")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="write into a non-empty --out this tool did not write "
+                                                        "(else refused, before any work): files named as the "
+                                                        "tool's own are written over, nothing else is touched; "
+                                                        "with unlearn --resume, resume a checkpoint written with "
+                                                        "another config")]
 
 # How questions become prompts (obliviate.models.prompts); a run records its format, eval and attack reuse it.
 PromptOpt = Annotated[str | None, typer.Option(

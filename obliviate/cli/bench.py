@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from obliviate.cli.app import DataOpt, JsonOpt, ReportToOpt, app, console, print_json
+from obliviate.cli.app import DataOpt, ForceOpt, JsonOpt, ReportToOpt, app, console, print_json
 from obliviate.errors import ConfigError
 
 
@@ -46,6 +46,7 @@ def bench(
                                                                   "settings (else the bench stops)")] = False,
     report: Annotated[bool, typer.Option(help="write report.html at the end")] = True,
     data: DataOpt = None,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
     report_to: ReportToOpt = None,
 ) -> None:
@@ -60,8 +61,8 @@ def bench(
                       retain=retain, oracle=oracle, holdout=holdout, utility=dict(_name_path(u) for u in utility or []),
                       overrides=set_ or [], jobs=jobs, threads=threads, max_retain=max_retain,
                       generate=not no_generate, keep_models=not drop_models, redo_stale=redo_stale, report=report,
-                      progress=not as_json and console.is_terminal, log=None if as_json else console.print,
-                      report_to=report_to, data=data)
+                      force=force, progress=not as_json and console.is_terminal,
+                      log=None if as_json else console.print, report_to=report_to, data=data)
     if as_json:
         print_json({"out": str(out), "cells": board.total, "kept": board.kept, "ran": board.ran,
                     "failed": board.failed, "seconds": board.seconds,

@@ -13,6 +13,7 @@ from obliviate.cli.app import (
     DataOpt,
     DeviceOpt,
     DtypeOpt,
+    ForceOpt,
     JsonOpt,
     MaxNewTokensOpt,
     PromptOpt,
@@ -43,7 +44,7 @@ def unlearn(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
     config: Annotated[Path | None, typer.Option(help="method config file (.yaml/.toml/.json)")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
-    strict: Annotated[bool, typer.Option(help="make forget/retain overlap an error")] = False,
+    strict: Annotated[bool, typer.Option(help="make forget/retain overlap and duplicate items an error")] = False,
     resume: Annotated[bool, typer.Option(help="continue a stopped run from its last checkpoint")] = False,
     lora: Annotated[str | None, typer.Option(help="train a LoRA adapter: r=8,alpha=16,targets=all-linear")] = None,
     merge: Annotated[bool, typer.Option(help="with --lora: save merged full weights, not the adapter")] = False,
@@ -59,6 +60,7 @@ def unlearn(
     dtype: DtypeOpt = "auto",
     defaults: Annotated[str, typer.Option(help="method defaults: paper (7B-scale, the paper's code), world (tuned "
                                                "on the built-in world) or auto (world for world: models)")] = "auto",
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
     report_to: ReportToOpt = None,
 ) -> None:
@@ -72,7 +74,7 @@ def unlearn(
                           overrides=set_, config=config, mapping=map_, strict=strict, resume=resume, merge=merge,
                           ref=ref, prompt=fmt, device=device, dtype=dtype, defaults=defaults, progress=not as_json,
                           log=warn, info=None if as_json else _info,
-                          report_to=report_to).summary
+                          report_to=report_to, force=force).summary
     if not PartialState().is_main_process:
         return
     if as_json:
@@ -130,6 +132,9 @@ def eval_cmd(
     suite: Annotated[str, typer.Option(help="evaluation suite")] = "qa",
     map_: Annotated[list[str] | None, typer.Option("--map", help="column mapping, e.g. question=prompt")] = None,
     no_generate: Annotated[bool, typer.Option("--no-generate", help="skip generation (no ROUGE)")] = False,
+    keep_generations: Annotated[bool, typer.Option(
+        "--keep-generations", help="write the forget set's generations into items.jsonl (they may hold the "
+                                   "forgotten text; see docs/privacy.md)")] = False,
     lm_eval: Annotated[str | None, typer.Option(
         "--lm-eval", metavar="TASKS", help="lm-evaluation-harness tasks, e.g. mmlu,arc_easy: run these instead "
         "of a suite (needs the lm-eval extra); writes lm_eval.json")] = None,
@@ -220,7 +225,8 @@ def eval_cmd(
                       world=world, split=split, out=out, mapping=map_, generate=not no_generate, data=data,
                       legacy=legacy_subset, prompt=prompt_format(prompt, system_prompt, chat_kwargs, max_new_tokens),
                       batch_size=batch_size, device=device, dtype=dtype, preset=preset, progress=not as_json,
-                      report_to=report_to, reference_model=reference_model, gradnorm=gradnorm)
+                      report_to=report_to, reference_model=reference_model, gradnorm=gradnorm,
+                      keep_generations=keep_generations)
     if as_json:
         return print_json(result.payload)
     console.print(side_by_side({Path(target).name or target: result.aggregates}, "qa suite"))
@@ -246,6 +252,7 @@ def demo(
     split: Split = "forget10",
     method: Annotated[str, typer.Option(help="unlearning method")] = "graddiff",
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a method config key: key=value")] = None,
 ) -> None:
@@ -253,7 +260,7 @@ def demo(
     from obliviate.api import demo as run_demo
 
     story = run_demo(preset, seed, split, method, out, progress=not as_json,
-                     log=None if as_json else console.print, overrides=set_)
+                     log=None if as_json else console.print, overrides=set_, force=force)
     if as_json:
         return print_json(story)
     console.print(side_by_side(story["models"], f"world:{preset}@{seed} {split} — {method} vs target vs oracle"))

@@ -99,6 +99,11 @@ class _Part:
         if arr is None or arr.ndim != ndim:
             shape = "a number" if ndim == 1 else "a list of numbers of the same length"
             raise DataError(self.path, f"{where}: every value must be {shape}")
+        finite = np.isfinite(arr) if ndim == 1 else np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            item = self.ids[int(np.argmin(finite))]
+            raise DataError(self.path, f"{where}: item {item} is null, NaN or infinite; every value must be a "
+                                       "finite number")
         return arr
 
 

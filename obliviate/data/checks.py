@@ -33,6 +33,22 @@ def check_forget_set(items: Sequence[Item], path: str | Path) -> None:
         raise DataError(path, "forget set is empty")
 
 
+def check_duplicates(items: Sequence[Item], path: str | Path, strict: bool = False) -> list[str]:
+    """One warning line per item repeating an earlier one (same content); with `strict`, a `DataError`."""
+    seen: dict[tuple[str, ...], int] = {}
+    lines = []
+    for j, item in enumerate(items):
+        i = seen.setdefault(_content_key(item), j)
+        if i == j:
+            continue
+        where, first = _location(items, j, path), _location(items, i, path)
+        if strict:
+            at, _, line = where.rpartition(":")
+            raise DataError(at, f"duplicate of {first}", int(line) if line.isdigit() else None)
+        lines.append(f"{where}: duplicate of {first}")
+    return lines
+
+
 def normalise(text: str) -> str:
     """Casefold, drop punctuation, collapse whitespace (NFKC first, so look-alike characters match)."""
     text = unicodedata.normalize("NFKC", text).casefold()

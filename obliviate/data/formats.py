@@ -60,7 +60,10 @@ def _read_file(path: Path) -> list[Row]:
 
 def _decode(path: Path) -> str:
     """The file as text; a byte that is not UTF-8 is reported on its line."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(path, f"cannot read it ({err.strerror or type(err).__name__})") from None
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
     try:
@@ -127,10 +130,12 @@ def _expect_object(row: Any, path: Path, line: int) -> dict[str, Any]:
 
 
 def _read_csv(path: Path) -> list[Row]:
-    reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
-    rows = []
+    # strict: an unterminated quote is an error, not a cell that swallows the rest of the file
+    reader = csv.DictReader(io.StringIO(_decode(path), newline=""), strict=True)
+    rows, start = [], 1
     try:
         for record in reader:
+            start = reader.line_num + 1  # the line the next record starts on
             # reader.line_num is the line the record ends on: its own line for one-line records.
             if None in record:
                 raise DataError(path, "row has more cells than the header", reader.line_num)
@@ -138,7 +143,9 @@ def _read_csv(path: Path) -> list[Row]:
             row = {key: (None if value in ("", None) else value) for key, value in record.items()}
             rows.append((str(path), reader.line_num, row))
     except csv.Error as err:
-        raise DataError(path, f"invalid CSV ({err})", reader.line_num) from None
+        where = start if "end of data" in str(err) else reader.line_num
+        hint = "; a quoted cell is never closed" if "end of data" in str(err) else ""
+        raise DataError(path, f"invalid CSV ({err}{hint})", where) from None
     return rows
 
 

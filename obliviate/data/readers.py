@@ -26,6 +26,7 @@ checks (overlap between forget and retain) can point at the same place.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -158,7 +159,11 @@ class _Fields:
                 raise self.error(field, column, "missing")
             return None
         if isinstance(value, str):
+            if required and not value.strip():
+                raise self.error(field, column, "is empty")
             return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(field, column, "is NaN or infinite, not text")
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)  # e.g. a year stored as a number
         raise self.error(field, column, "must be a string")

@@ -24,8 +24,10 @@ The result is {task: {metric: value, metric_stderr: value, ..., "samples": n}}, 
 `samples` is how many documents were scored (fewer than the task holds under `limit`). It is written
 atomically to `out_dir/lm_eval.json`.
 
-Nothing runs remote code: `trust_remote_code` is off and tasks that execute generated code are
-refused. Tasks load their datasets with `datasets` (from the hub on first use, then its cache);
+Nothing runs remote code unless `--trust-remote-code` is given: `trust_remote_code` is off, tasks
+that execute generated code are refused, and so is an `--lm-eval-include` directory whose YAML names
+a `!function` (the harness would import and run the Python file beside it).
+Tasks load their datasets with `datasets` (from the hub on first use, then its cache);
 a local task is a YAML file in `include_path` whose `dataset_kwargs.data_files` name local files
 (absolute paths: `datasets` resolves relative ones from the working directory).
 """
@@ -119,6 +121,23 @@ def task_list(spec: str | list[str]) -> list[str]:
     return tasks
 
 
+def check_no_functions(include_path: Path) -> None:
+    """Refuse task YAML files naming a `!function` (Python the harness would run), unless remote code is allowed."""
+    from obliviate.models.loading import remote_code_allowed
+
+    if remote_code_allowed():
+        return
+    for path in sorted([*include_path.rglob("*.yaml"), *include_path.rglob("*.yml")]):
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            raise ObliviateError(f"{path}: cannot read it ({exc.strerror})") from None
+        for number, line in enumerate(lines, 1):
+            if "!function" in line.split("#", 1)[0]:
+                raise ObliviateError(f"{path}:{number}: a !function runs the Python file it names; it is refused "
+                                     "unless you pass --trust-remote-code")
+
+
 def load_task_manager(tasks: list[str], include_path: str | Path | None = None):
     """The harness's TaskManager, after checking that every task exists.
 
@@ -129,6 +148,7 @@ def load_task_manager(tasks: list[str], include_path: str | Path | None = None):
     if include_path is not None:
         if not Path(include_path).is_dir():
             raise ObliviateError(f"--lm-eval-include {include_path}: not a directory of task YAML files")
+        check_no_functions(Path(include_path))
         local = TaskManager(include_path=str(include_path), include_defaults=False)
         if all(name in local.all_subtasks for name in tasks):
             return local

@@ -30,7 +30,7 @@ from typing import Any
 
 from obliviate.errors import ConfigError
 from obliviate.grid.spec import BENCH_FILE, ERROR, BenchSpec, Cell, cell_state
-from obliviate.io import read_json, write_json
+from obliviate.io import check_out_dir, read_json, write_json
 
 POLL_SECONDS = 0.2
 LOCK_WAIT_SECONDS = 5.0
@@ -79,13 +79,15 @@ def validate(spec: BenchSpec) -> None:
 
 
 def run_bench(spec: BenchSpec, root: Path, jobs: int = 1, progress: bool = True,
-              log: Callable[[str], None] | None = None, report: bool = True, redo_stale: bool = False
-              ) -> BenchOutcome:
+              log: Callable[[str], None] | None = None, report: bool = True, redo_stale: bool = False,
+              force: bool = False) -> BenchOutcome:
     """Run every cell of `spec` not already complete in `root`; write leaderboard.* and report.html.
 
     A cell finished with other settings (a changed `--set`, other data) is *stale*: redone with
     `redo_stale`, else the bench stops before touching anything, rather than delete finished work.
+    A non-empty `root` that is not a bench is refused before any work, unless `force`.
     """
+    check_out_dir(root, (BENCH_FILE,), force)
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
     validate(spec)

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from obliviate.errors import ConfigError
+from obliviate.errors import ConfigError, ObliviateError
 from obliviate.io import read_json, stable_hash
 
 ANCHORS = "_anchors"
@@ -176,7 +176,11 @@ def cell_state(spec: BenchSpec, cell: Cell, root: Path) -> str:
         return "partial"
     try:
         done = read_json(marker)
-    except (OSError, ValueError):
+        if (path / RESULT).is_file():
+            read_json(path / RESULT)  # a damaged result is a cell to redo, not a finished one
+    except (OSError, ValueError, ObliviateError):
+        return "partial"
+    if not isinstance(done, dict):
         return "partial"
     return "complete" if done.get("fingerprint") == spec.fingerprint(cell) and (path / RESULT).is_file() else "stale"
 

@@ -52,7 +52,7 @@ class FinetuneConfig(MethodConfig):
     epochs: int = Field(5, description="passes over the forget set", ge=1)
     batch_size: int = Field(16, description="forget examples per micro-batch (retain batches match it)", ge=1)
     grad_accum: int = Field(1, description="micro-batches per optimiser step", ge=1)
-    max_steps: int | None = Field(None, description="stop after this many optimiser steps (overrides epochs)")
+    max_steps: int | None = Field(None, description="stop after this many optimiser steps (overrides epochs)", ge=1)
     warmup_ratio: float = Field(0.0, description="fraction of steps with linear warm-up", ge=0, le=1)
     weight_decay: float = Field(0.0, description="AdamW weight decay (not on biases and norm weights)", ge=0)
     max_grad_norm: float = Field(1.0, description="gradient clipping norm (0 disables)", ge=0)
@@ -152,6 +152,9 @@ class FinetuneMethod(Method):
     family = "fine-tuning"
     Config = FinetuneConfig
     paper_defaults: ClassVar[dict[str, Any]] = TOFU_FINETUNE
+    # Set by the caller (the `unlearn` workflow), read by the loop (train/loop.py):
+    keep_checkpoint: bool = False  # keep the last step's checkpoint; the caller drops it once the weights are saved
+    force_resume: bool = False  # resume a checkpoint written with another config
 
     def setup(self, model, tokenizer, forget: list[QAItem], retain: list[QAItem]) -> None:
         """Optional hook run once before training (e.g. to cache reference log-probs)."""

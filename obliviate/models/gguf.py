@@ -115,9 +115,10 @@ def _convert_into(path: Path, out: Path, progress: bool) -> None:
     try:
         with bar, quiet_hf_progress():
             task = bar.add_task("reading the tokenizer", total=3)
-            tokenizer = AutoTokenizer.from_pretrained(**where)
+            tokenizer = AutoTokenizer.from_pretrained(**where, trust_remote_code=False)
             bar.update(task, advance=1, description="de-quantising the weights")
-            model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, **_dequantized())
+            model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, trust_remote_code=False,
+                                                         **_dequantized())
             bar.update(task, advance=1, description="writing safetensors")
             _drop_quantization(model)
             model.save_pretrained(out)

@@ -2,12 +2,17 @@
 
 Defaults: the fastest device available (cuda > mps > cpu); bfloat16 on GPUs that support it, otherwise
 float16 on cuda and float32 elsewhere. Loaded models are in eval mode and always have a pad
-token, so batched scoring and generation never have to special-case it. Remote code runs only when
-`trust_remote_code=True` is passed explicitly.
+token, so batched scoring and generation never have to special-case it.
+
+Remote code runs only when asked for: every load passes `trust_remote_code` explicitly (False unless
+`trust_remote_code=True` is given, or `allow_remote_code(True)` was called: the CLI's
+`--trust-remote-code`), so transformers never asks on stdin, and a local model directory holding
+custom code is refused, by name, before anything in it is read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.io import dir_mode
@@ -68,6 +74,36 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
         raise ConfigError(
             f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16"
         ) from None
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # torch.load'ed weights: pickles
+_remote_code = False  # the process-wide default of `load_model(trust_remote_code=None)`
+
+
+def allow_remote_code(allow: bool) -> None:
+    """Let model directories' own Python run on load (the CLI's `--trust-remote-code`), or not."""
+    global _remote_code
+    _remote_code = bool(allow)
+
+
+def remote_code_allowed() -> bool:
+    """Whether `allow_remote_code(True)` was called (the CLI's `--trust-remote-code`)."""
+    return _remote_code
+
+
+def custom_code(path: Path) -> str | None:
+    """What in the local model directory `path` is custom code (a .py file, an `auto_map`), or None."""
+    scripts = sorted(p.name for p in path.glob("*.py"))
+    if scripts:
+        return scripts[0]
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return f"the auto_map in {name}"
+    return None
 
 
 def _looks_local(name: str) -> bool:
@@ -124,17 +160,21 @@ def load_model(
     name_or_path: str | Path,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
-    trust_remote_code: bool = False,
+    trust_remote_code: bool | None = None,
 ):
-    """(model, tokenizer) from a hub name or a local directory, in eval mode, with a pad token."""
+    """(model, tokenizer) from a hub name or a local directory, in eval mode, with a pad token.
+
+    `trust_remote_code` None takes the process-wide setting (`allow_remote_code`, off by default).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
     path = Path(name).expanduser()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    # Remote code runs only when asked for; the keyword is not even passed otherwise.
-    common = {"trust_remote_code": True} if trust_remote_code else {}
+    # Always passed, so that transformers never prompts on stdin (nor runs code on a piped "y").
+    trust = _remote_code if trust_remote_code is None else bool(trust_remote_code)
+    common = {"trust_remote_code": trust}
     model_kwargs = {"dtype": torch_dtype, **common}
     if dev.type != "cpu":
         model_kwargs["device_map"] = {"": dev}  # load straight onto the accelerator
@@ -143,15 +183,24 @@ def load_model(
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ObliviateError(f"{path}: not a model directory (no config.json)")
         name = str(path)
+        code = custom_code(path) if not trust else None
+        if code is not None:
+            raise ObliviateError(f"{path}: the model directory holds custom code ({code}); it is not run "
+                                 "unless you pass --trust-remote-code")
         if any(path.glob("*.safetensors")):
             model_kwargs["use_safetensors"] = True
+        else:
+            pickles = sorted(p.name for ext in PICKLE_SUFFIXES for p in path.glob(f"*{ext}"))
+            if pickles:
+                raise ObliviateError(f"{path}: the weights are a pickle ({pickles[0]}), which can run code when "
+                                     "read; convert them to safetensors (model.save_pretrained(dir)) and load that")
     elif _looks_local(name):
         raise ObliviateError(f"{name}: model directory not found")
     try:
         config = _from_pretrained(AutoConfig, name, local, **common)  # fails fast, before any weights
         tokenizer = _from_pretrained(AutoTokenizer, name, local, **common)
         model = _from_pretrained(AutoModelForCausalLM, name, local, config=config, **model_kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         where = "" if local else " (not a local directory, and not loadable from the Hugging Face hub)"
         raise ObliviateError(f"cannot load model {name!r}{where}: {_one_line(exc)}") from None
     if "device_map" not in model_kwargs:
@@ -180,13 +229,25 @@ def hub_name(spec: str | Path, loaded_from: str | Path | None = None) -> str:
     return str(loaded_from or spec)
 
 
+def check_finite(model: torch.nn.Module, out: str | Path) -> None:
+    """Refuse to save a model any of whose parameters holds a NaN or an infinity (a diverged run)."""
+    params = list(model.named_parameters())
+    bad = [name for name, p in params if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ObliviateError(f"{out}: {len(bad)} of {len(params)} weight tensors hold NaN or inf (e.g. {bad[0]}); "
+                             "the model diverged and is not saved; lower the learning rate")
+
+
 def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     """Save weights (safetensors), config and tokenizer so that `load_model(out_dir)` restores them.
 
     Everything is written into a temporary sibling directory first, then renamed into place, so
-    `out_dir` is never seen half-written. An existing `out_dir` is replaced.
+    `out_dir` is never seen half-written, and every file is fsynced before the rename, so the weights
+    are durable once it returns. An existing `out_dir` is replaced. A model with a NaN or
+    infinite weight is refused (`check_finite`), so a diverged run never leaves weights behind.
     """
     out = Path(out_dir)
+    check_finite(model, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -194,6 +255,7 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        _fsync_tree(tmp)  # durable before it is renamed into place (a checkpoint may be dropped next)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(out, old)
@@ -201,7 +263,26 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+        _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then the directories holding them."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for path in [*sorted(p for p in root.rglob("*") if p.is_dir()), root]:
+        _fsync_dir(path)

@@ -15,7 +15,8 @@ the divergence guard, progress display, per-step logs and atomic checkpoints wit
   take an optimiser step on that loss alone before the micro-batch's `compute_loss` (Opt-Out's
   alternate updates, `methods/snap.py`); gradients accumulated for the main step are set aside
   meanwhile.
-- **Divergence guard.** A NaN or infinite loss or gradient stops the run. With
+- **Divergence guard.** A NaN or infinite loss or gradient stops the run, and so do weights holding
+  one, checked before each checkpoint and at the end (the weights are never saved). With
   `retain_rise_limit`, so does the method's retain term rising past that factor × its first value:
   the first of `RETAIN_TERMS` the method logs (cross-entropy, KL to the reference, RMU's activation
   distance, ULD's uniform KL). Terms that start at 0 (the KL and distance terms of a model that
@@ -26,8 +27,17 @@ Resume is exact on CPU with a fixed seed: the data order is a pure function of t
 resumed run replays the index stream up to the saved step without computing anything, then restores
 model, optimiser, scheduler and RNG states (CPU and CUDA) and the method's own state
 (`method.state_dict()`) from the checkpoint. The train log is cut back to the checkpoint's step, so
-steps redone after a crash are logged once. A checkpoint written with another config (its hash is
-in `progress.json`) is refused.
+steps redone after a crash are logged once (a line torn by the crash is dropped). A checkpoint written
+with another config (`progress.json` keeps it) is refused in one line naming the fields that differ,
+unless the method's `force_resume` is set (`unlearn --resume --force`).
+
+Checkpoints are a journal, so a kill at any instant leaves one to resume from: a new checkpoint is
+written into `.checkpoint.tmp` (its `progress.json` last: a checkpoint without one is incomplete),
+the current one is renamed to `.checkpoint.old`, the new one to `checkpoint`, and the old one is
+deleted. `recover_checkpoint` puts back the newest complete one of the three after a crash. With
+`save_every`, the loop checkpoints its last step too; a method whose `keep_checkpoint` is set (the
+`unlearn` workflow) keeps that checkpoint until the final weights are durable, then calls
+`drop_checkpoint`, so a kill while saving them resumes with no step redone.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainin
 from transformers import get_scheduler
 
 from obliviate import tracking
-from obliviate.errors import ObliviateError
+from obliviate.errors import DataError, ObliviateError
 from obliviate.io import atomic_open, read_json, stable_hash, write_json
 from obliviate.progress import make_progress
 from obliviate.train.data import encode_items, forget_retain_batches
@@ -108,17 +118,69 @@ def _save_checkpoint(out_dir: Path, accelerator, model, optimizer, scheduler, st
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _complete(path: Path) -> bool:
+    """A checkpoint directory whose writing finished (progress.json is written last)."""
+    return (path / "progress.json").is_file() and (path / "state.pt").is_file()
+
+
+def recover_checkpoint(out_dir: Path) -> Path | None:
+    """After a crash, the newest complete checkpoint in `out_dir/checkpoint` (None when there is none).
+
+    A kill between `_save_checkpoint`'s renames leaves the newer checkpoint in `.checkpoint.tmp` and
+    the older in `.checkpoint.old`; the newest complete one is moved back to `checkpoint`, and the
+    incomplete or superseded ones are deleted.
+    """
+    final, tmp, old = out_dir / CHECKPOINT, out_dir / f".{CHECKPOINT}.tmp", out_dir / f".{CHECKPOINT}.old"
+    if not _complete(final):
+        for candidate in (tmp, old):  # .tmp is the newer of the two
+            if _complete(candidate):
+                shutil.rmtree(final, ignore_errors=True)
+                candidate.rename(final)
+                break
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return final if _complete(final) else None
+
+
+def drop_checkpoint(out_dir: Path) -> None:
+    """Delete the run's checkpoints; call it only once the final weights are durable."""
+    for name in (CHECKPOINT, f".{CHECKPOINT}.tmp", f".{CHECKPOINT}.old"):
+        shutil.rmtree(Path(out_dir) / name, ignore_errors=True)
+
+
+def _config_record(method) -> dict[str, Any]:
+    return {"method": method.name, **method.config.model_dump(mode="json")}
+
+
+def _check_same_config(method, progress: dict[str, Any], ckpt: Path) -> None:
+    """Refuse a checkpoint written with another config, naming the fields that differ."""
+    if getattr(method, "force_resume", False):
+        return
+    advice = "resume with the same settings, --force to resume with the new ones, or start over without --resume"
+    saved = progress.get("config")
+    if saved is None:  # an older checkpoint: only the hash is known
+        if progress.get("config_hash") not in (None, config_hash(method)):
+            raise ObliviateError(f"{ckpt}: the checkpoint was written with another config; {advice}")
+        return
+    now = _config_record(method)
+    fields = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
+    if fields:
+        what = ", ".join(f"{k} ({saved.get(k)!r} in the checkpoint, {now.get(k)!r} now)" for k in fields)
+        raise ObliviateError(f"{ckpt}: the checkpoint was written with another config: {what}; {advice}")
+
+
 def _load_checkpoint(out_dir: Path, accelerator, model, optimizer, scheduler, method) -> dict[str, Any]:
     """Restore the checkpoint's states; its progress.json ({"step": 0} without a checkpoint)."""
-    ckpt = out_dir / CHECKPOINT
-    if not (ckpt / "progress.json").exists():
+    ckpt = recover_checkpoint(out_dir)
+    if ckpt is None:
         return {"step": 0}
     progress = read_json(ckpt / "progress.json")
-    saved = progress.get("config_hash")
-    if saved is not None and saved != config_hash(method):
-        raise ObliviateError(f"{method.name}: the checkpoint in {ckpt} was written with another config; resume "
-                             "with the same settings, or start over without --resume")
-    state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+    _check_same_config(method, progress, ckpt)
+    try:
+        state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise ObliviateError(f"{ckpt / 'state.pt'}: the checkpoint is damaged ({str(exc).splitlines()[0]}); delete "
+                             f"{ckpt} to start over") from None
     accelerator.unwrap_model(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -134,8 +196,21 @@ def _truncate_log(path: Path, step: int) -> None:
     """Keep the log lines of steps up to `step` (those a resumed run does not redo)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
-             if line.strip() and json.loads(line).get("step", 0) <= step]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # the line a kill tore in half
+            raise DataError(path, "not valid JSON; the train log looks damaged: start over without --resume",
+                            number) from None
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    lines = kept
     with atomic_open(path, "w") as handle:
         handle.writelines(line + "\n" for line in lines)
 
@@ -163,6 +238,14 @@ def _guard_retain(logs: dict, cfg, first: dict[str, float], step: int, name: str
             f"{name}: retain loss rose from {first[key]:.3f} to {logs[key]:.3f} ({key} > {cfg.retain_rise_limit}× "
             f"{base:.3f}) at step {step + 1}; lower the learning rate or raise the retain weight; {_kept(out_dir)}"
         )
+
+
+def _check_weights(name: str, params: list[torch.nn.Parameter], step: int, lr: float, out_dir: Path) -> None:
+    """Stop before a checkpoint or the end of training keeps weights holding NaN or inf."""
+    bad = sum(1 for p in params if not bool(torch.isfinite(p.detach()).all()))
+    if bad:
+        raise DivergenceError(f"{name}: {bad} of {len(params)} trained weight tensors hold NaN or inf after step "
+                              f"{step}; lower the learning rate (lr={lr}); {_kept(out_dir)}")
 
 
 def _check_finite(name: str, what: str, value: float, step: int, lr: float, out_dir: Path) -> None:
@@ -294,17 +377,22 @@ def finetune(method, model, tokenizer, forget, retain, out_dir: Path, progress=T
                     handle.write(json.dumps(last) + "\n")
                 tracking.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step)
             bar.update(task, completed=step, loss=f"loss {last['loss']:.3f}")
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+            # the last step too, when the caller keeps it until the final weights are saved
+            keep_last = step == total_steps and getattr(method, "keep_checkpoint", False)
+            if cfg.save_every and (step % cfg.save_every == 0 and step < total_steps or keep_last):
+                _check_weights(method.name, params, step, cfg.lr, out_dir)
                 if main:
                     _save_checkpoint(out_dir, accelerator, model, optimizer, scheduler, step, {
-                        "config_hash": config_hash(method), "first_retain": first_retain,
-                        "method_state": method.state_dict()})
+                        "config_hash": config_hash(method), "config": _config_record(method),
+                        "first_retain": first_retain, "method_state": method.state_dict(), "last": last})
                 accelerator.wait_for_everyone()
     accelerator.wait_for_everyone()
+    _check_weights(method.name, params, step, cfg.lr, out_dir)
     model = accelerator.unwrap_model(model)
     model.eval()
-    if main:
-        shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+    if main and not getattr(method, "keep_checkpoint", False):
+        drop_checkpoint(out_dir)
+    last = last or dict(saved.get("last") or {})  # resumed from the checkpoint of the last step
     return {
         "steps": step,
         "resumed_from": start_step,

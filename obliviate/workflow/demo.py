@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,13 +14,17 @@ from obliviate.workflow.unlearning import run_unlearn
 
 def run_demo(preset: str = "small", seed: int = 0, split: str = "forget10", method: str = "graddiff",
              out: Path = Path("runs/demo"), progress: bool = True,
-             log: Callable[[str], None] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] | None = None, overrides: list[str] | None = None,
+             force: bool = False) -> dict[str, Any]:
     """Unlearn `split` from the world's target with `method`, evaluate target, run and oracle alike.
 
     Returns {"run", "seconds", "models": {column: aggregates}} with the columns target, METHOD and
-    "oracle (retrain)".
+    "oracle (retrain)". `out` is checked first: a non-empty directory this tool did not write is refused
+    unless `force`; nothing in it is deleted (a run already there is written over).
     """
-    from obliviate.runs import load_run_model
+    from obliviate.runs import check_run_out, load_run_model
+
+    check_run_out(out, force)
 
     t0 = time.perf_counter()
     ref = WorldRef(preset, seed, split)
@@ -34,9 +37,8 @@ def run_demo(preset: str = "small", seed: int = 0, split: str = "forget10", meth
     target_eval = cached_world_eval(ref, "target", models.target, sets, oracle_tr, progress=progress)
     if log:
         log(f"[bold]2/3[/] unlearning {split} with {method}")
-    if out.exists():
-        shutil.rmtree(out)
-    run_unlearn(method, f"world:{preset}@{seed}", out, split=split, overrides=overrides, progress=progress)
+    run_unlearn(method, f"world:{preset}@{seed}", out, split=split, overrides=overrides, progress=progress,
+                force=force)
     if log:
         log("[bold]3/3[/] evaluating against the oracle")
     model, tok = load_run_model(out)

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from obliviate.data.schema import QAItem
-from obliviate.errors import ObliviateError
-from obliviate.io import read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from obliviate.errors import DataError, ObliviateError
+from obliviate.io import check_out_dir, read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from obliviate.workflow.specs import WorldRef, load_model_spec, parse_world_spec, world_models
 
 
@@ -67,11 +67,14 @@ def evaluate(
     progress: bool = False,
     name: str | None = None,
     qa_options: dict[str, Any] | None = None,
+    keep_generations: bool = True,
 ) -> dict[str, Any]:
     """Run the qa suite; write results.json and items.jsonl into `out_dir` (atomically).
 
     `qa_options` go to `run_qa_suite` as they are: `reference_model`, `oracle_mia_auc`, `gradnorm`,
-    `fluency_classifier`.
+    `fluency_classifier`. Without `keep_generations`, the forget set's generations (the model's answers
+    to the questions it was to forget: forgotten text, when unlearning failed) are left out of
+    items.jsonl (docs/privacy.md).
 
     With `preset="open-unlearning"` the payload also holds open-unlearning's seven headline keys
     ("open_unlearning"; privleak against `ou_ref_auc`, the oracle's Min-K AUC). With `progress`, a
@@ -92,6 +95,9 @@ def evaluate(
         payload["preset"] = preset
         payload["open_unlearning"] = ou.headline(result.aggregates, result.ou_items(), ou_ref_auc)
     items = result.items()
+    if not keep_generations:
+        items = [{k: v for k, v in row.items() if k != "generation"} if row.get("set") == "forget" else row
+                 for row in items]
     if out_dir is not None:
         write_jsonl(Path(out_dir) / "items.jsonl", items)
         write_json(Path(out_dir) / "results.json", payload)
@@ -109,10 +115,14 @@ def cached_world_eval(ref: WorldRef, role: str, model_dir: Path, sets: EvalSets,
                        else stable_hash(np.nan_to_num(oracle_tr).round(6).tolist())})
     out = eval_cache_dir() / f"{ref.preset}-{ref.seed}-{ref.split}-{role}-{key}"
     if (out / "results.json").exists():
-        payload = read_json(out / "results.json")
-        rows = read_jsonl(out / "items.jsonl")
-        payload["_forget_truth_ratios"] = np.array([r["truth_ratio"] for r in rows if r["set"] == "forget"])
-        return payload
+        try:
+            payload = read_json(out / "results.json")
+            rows = read_jsonl(out / "items.jsonl")
+            payload["_forget_truth_ratios"] = np.array([r["truth_ratio"] for r in rows if r["set"] == "forget"])
+            return payload
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged cache entry: evaluated again below, and rewritten
+
     model, tok = load_model(model_dir)
     return evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, config={"role": role}, progress=progress,
                     name=f"{ref.preset}@{ref.seed} {role}")
@@ -126,7 +136,14 @@ def oracle_truth_ratios(spec: str | Path) -> np.ndarray:
         raise ObliviateError(f"{spec}: no items.jsonl with the oracle's per-item results")
     from obliviate.evals.qa import oracle_truth_ratios_from_items
 
-    return oracle_truth_ratios_from_items(read_jsonl(items))
+    rows = read_jsonl(items)
+    for number, row in enumerate(rows, 1):
+        if "set" not in row or (row["set"] == "forget" and not isinstance(row.get("truth_ratio"), int | float)):
+            raise DataError(items, "expected 'set' and a numeric 'truth_ratio', as `obliviate eval` writes them; "
+                                   "re-evaluate the oracle", number)
+    if not any(row["set"] == "forget" for row in rows):
+        raise DataError(items, "no forget-set rows; re-evaluate the oracle on the forget set")
+    return oracle_truth_ratios_from_items(rows)
 
 
 def load_eval_sets(target_ref: WorldRef | None, forget: str | None, retain: str | None,
@@ -223,7 +240,7 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
                     progress: bool = True, fmt=None, device: str = "auto", dtype: str = "auto",
                     batch_size: int = 32, data: str | None = None, legacy: bool = False,
                     preset: str | None = None, reference_model: str | None = None,
-                    gradnorm: bool = False) -> dict[str, Any]:
+                    gradnorm: bool = False, keep_generations: bool = False) -> dict[str, Any]:
     """Load `target` (any model spec), score it with the qa suite against its oracle, write the results.
 
     `reference_model` (a model spec with the target's tokenizer) adds the reference-model membership
@@ -234,7 +251,8 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
     the `forget`/`retain`/`utility`/`holdout` files, else the target's world. Returns the results payload
     (`aggregates`, `eval_seconds`, `data_hashes`, ...); the results go to `out`, which defaults to the
     target when it is a run directory. `fmt` (a PromptFormat) overrides the prompt format (a run's own,
-    else plain); the oracle is scored in the same format.
+    else plain); the oracle is scored in the same format. The forget set's generations are written to
+    items.jsonl only with `keep_generations` (they may hold the text to forget).
     """
     from obliviate.models.prompts import format_of
     from obliviate.runs import is_run_dir
@@ -242,7 +260,7 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
 
     if out is None and not is_run_dir(target):
         raise ObliviateError("--out is required when the target is not a run directory")
-    out = Path(target) if out is None else Path(out)
+    out = Path(target) if out is None else check_out_dir(out, force=True)  # a file, or inside one: refused now
     spec = specs.parse_data_spec(data) if data else None
     if spec is None and forget is None and (recorded := _run_data(target)):
         spec = specs.parse_data_spec(recorded)
@@ -266,7 +284,8 @@ def evaluate_target(target: str, forget: str | None = None, retain: str | None =
     payload = evaluate(model, tok, sets, out, oracle_forget_tr=oracle_tr, generate=generate, batch_size=batch_size,
                        config={"target": target, "oracle": oracle, "data": str(spec) if spec else None,
                                "prompt_format": fmt.state()}, preset=preset, ou_ref_auc=oracle_auc,
-                       progress=progress, name=Path(target).name or str(target), qa_options=qa_options)
+                       progress=progress, name=Path(target).name or str(target), qa_options=qa_options,
+                       keep_generations=keep_generations)
     payload.pop("_forget_truth_ratios")
     payload.pop("_ou_min_k_auc")
     if spec is not None and spec.benchmark == "rwku":  # RWKU's own table: ROUGE-L recall per probe level

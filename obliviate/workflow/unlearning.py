@@ -34,7 +34,7 @@ def load_train_sets(forget: str | None, retain: str | None, ref: WorldRef | None
                     strict: bool, log: Callable[[str], None] = _warn):
     """(forget items, retain items): the given files (QA items, or text passages when a file has a
     `text` column and no `question`), else the world's training split."""
-    from obliviate.data import check_forget_set, check_overlap, load_items, parse_mapping
+    from obliviate.data import check_duplicates, check_forget_set, check_overlap, load_items, parse_mapping
 
     cols = parse_mapping(mapping) if mapping else None
     if forget is None:
@@ -47,6 +47,9 @@ def load_train_sets(forget: str | None, retain: str | None, ref: WorldRef | None
     forget_items = load_items(forget, "auto", cols)
     check_forget_set(forget_items, forget)
     retain_items = load_items(retain, "auto", cols) if retain else []
+    for line in [*check_duplicates(forget_items, forget, strict),
+                 *(check_duplicates(retain_items, retain, strict) if retain else [])]:
+        log(line)
     for line in check_overlap(forget_items, retain_items, forget, retain or "", strict=strict):
         log(line)
     return forget_items, retain_items
@@ -99,23 +102,25 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
                 progress: bool = True, lora: str | None = None, merge: bool = False,
                 log: Callable[[str], None] = _warn, fmt: PromptFormat | None = None, device: str = "auto",
                 dtype: str = "auto", data: str | None = None, defaults: str = "auto",
-                info: Callable[[str], None] | None = None) -> dict[str, Any]:
+                info: Callable[[str], None] | None = None, force: bool = False) -> dict[str, Any]:
     """Unlearn `model_spec` with `method` into run directory `out`; returns the method's summary.
 
     `fmt` is the prompt format training uses (default: the model's, plain unless a run recorded one);
     the run records it, so evaluating and attacking the run reuse it. `defaults` picks the method's
     paper or world defaults (auto: world for `world:` models, paper otherwise; `methods/defaults.py`);
-    `info` receives the line saying which, and what differs from the paper.
+    `info` receives the line saying which, and what differs from the paper. `out` is checked before
+    any work: a non-empty directory this tool did not write is refused unless `force`.
     """
     from obliviate.config import build_config, parse_overrides, read_config_file
     from obliviate.data import data_hash
+    from obliviate.io import mark_out_dir
     from obliviate.methods import FinetuneMethod, get_method
     from obliviate.methods.defaults import default_values, describe_defaults, differences_from_paper, resolve_mode
     from obliviate.models.loading import hub_name, save_model
     from obliviate.models.lora import apply_lora, parse_lora, save_adapter
-    from obliviate.runs import write_artifact, write_config, write_intervention_artifact
+    from obliviate.runs import check_run_out, write_artifact, write_config, write_intervention_artifact
 
-    out = Path(out)
+    out = check_run_out(out, force)
     cls = get_method(method)
     mode = resolve_mode(defaults, model_spec)
     values = default_values(cls, mode)
@@ -167,7 +172,9 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     if lora_spec is not None:
         model = apply_lora(model, lora_spec)
     forget_items, retain_items, chunks = chunk_train_sets(tok, forget_items, retain_items, config)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_out_dir(out)
+    instance.keep_checkpoint = True  # the last checkpoint stays until the final weights are durable (below)
+    instance.force_resume = force  # --resume --force: a checkpoint of another config is resumed all the same
     t0 = time.perf_counter()
     summary = instance.unlearn(model, tok, forget_items, retain_items, out, progress=progress, resume=resume)
     seconds = time.perf_counter() - t0
@@ -200,4 +207,7 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
         from obliviate.runs import write_classifier_report
 
         write_classifier_report(out, summary["classifier"])
+    from obliviate.train.loop import drop_checkpoint
+
+    drop_checkpoint(out)  # the run is complete and on disk: nothing to resume any more
     return summary

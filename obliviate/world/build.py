@@ -110,7 +110,7 @@ def build_world_models(
                                          "version": GENERATOR_VERSION, "splits": world.splits, **arch_key(arch)})
         tok_dir = build_dir_atomic(root / "tokenizer",
                                 lambda tmp: train_tokenizer(world, world.recipe.vocab_size).save_pretrained(tmp))
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir, trust_remote_code=False)
         paths: dict[str, Path | None] = {}
         for role in ROLES:
             final = root / model_dir_name(role, split)

@@ -156,10 +156,10 @@ def check_world(preset: str = "tiny", seed: int = 0, split: str = "forget10", pr
     """Build (or reuse) target, oracle and oracle2 of a world and return its calibration table."""
     models = build_world_models(preset, seed, split, which=("target", "oracle", "oracle2"), progress=progress,
                                 arch=arch)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(models.tokenizer)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(models.tokenizer, trust_remote_code=False)
     with cpu_threads(default_threads(models.world.recipe)), quiet_hf_progress():
         paths = (models.target, models.oracle, models.oracle2)
-        loaded = [AutoModelForCausalLM.from_pretrained(p).eval() for p in paths]
+        loaded = [AutoModelForCausalLM.from_pretrained(p, trust_remote_code=False).eval() for p in paths]
         return evaluate_models(models.world, split, *loaded, tokenizer)
 
 

@@ -91,7 +91,7 @@ def build_review_models(preset: str = "small", seed: int = 0, kind: str = "produ
         if not tok_dir.exists():
             build_dir_atomic(tok_dir, lambda tmp: train_review_tokenizer(task.texts(), spec.recipe.vocab_size)
                         .save_pretrained(tmp))
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir, trust_remote_code=False)
         split = task.split(kind)
         plan = {"target": ("target", task.train), "oracle": (f"oracle-{kind}", split.retain_train)}
         paths: dict[str, Path | None] = {}
