@@ -35,10 +35,10 @@ class WorldRef:
 
 def parse_world_spec(spec: str, split: str = "forget10") -> WorldRef | None:
     """`world:PRESET[@SEED][:ARCH]` -> WorldRef (preset default small, seed 0, arch llama); else None."""
+    if not spec.startswith("world:"):
+        return None  # (before importing the world, which loads its training code)
     from obliviate.world.config import ARCHS
 
-    if not spec.startswith("world:"):
-        return None
     body, _, arch = spec.removeprefix("world:").partition(":")
     preset, _, seed = body.partition("@")
     if arch and arch not in ARCHS:
