@@ -50,7 +50,7 @@ def test_two_processes_agree_with_one(tmp_path):
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RETAIN))
     common = ["-m", "obliviate", "unlearn", "--method", "graddiff", "--model", str(base), "--forget",
               str(tmp_path / "f.jsonl"), "--retain", str(tmp_path / "r.jsonl"), "--set", "epochs=6",
-              "--set", "lr=3e-3", "--json"]
+              "--set", "lr=3e-3", "--defaults", "world", "--json"]  # the tiny model takes the world's recipe
     single = [sys.executable, *common, "--out", str(tmp_path / "one"), "--set", "batch_size=2"]
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     # On a CPU-only machine the torchrun-based launcher (--multi_gpu) falls back to DDP over gloo.
