@@ -96,6 +96,11 @@ def unlearn(method: str, model: str | Path | Run, data: str | None = None, *, ou
 
     hparams = {"method": method, "model": spec, "split": split, "data": data, "lora": lora_spec,
                "method_config": _resolved_config(method, values, config, spec, defaults)}
+    if report_to:  # the trackers write into the run directory: check it and mark it as the tool's first
+        from obliviate.io import mark_out_dir
+        from obliviate.runs import check_run_out
+
+        mark_out_dir(check_run_out(out, force))
     with tracking.session(report_to, Path(out).name, Path(out), hparams):
         summary = run_unlearn(method, spec, Path(out), None if forget is None else str(forget),
                               None if retain is None else str(retain), split, values,
