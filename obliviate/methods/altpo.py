@@ -51,9 +51,9 @@ from pydantic import Field
 
 from obliviate.data.schema import QAItem
 from obliviate.errors import ConfigError
-from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.base import FinetuneConfig, LossOutput
 from obliviate.methods.defaults import TOFU_FINETUNE
-from obliviate.methods.retain_term import RetainConfig, add_retain
+from obliviate.methods.retain_term import RetainConfig, RetainTermMethod, add_retain
 from obliviate.train.data import UnlearnBatch, collate, encode_items
 from obliviate.train.losses import answer_nll
 from obliviate.train.reference import Reference, ReferenceConfig
@@ -127,18 +127,13 @@ class AltPOConfig(FinetuneConfig, RetainConfig, ReferenceConfig):
     epochs: int = Field(10, ge=1, description="passes over the forget set (the authors also use 10)")
 
 
-class AltPO(FinetuneMethod):
+class AltPO(RetainTermMethod):
     paper_defaults = {**TOFU_FINETUNE, "lr": 5e-5, "epochs": 10, "warmup_ratio": 0.1, "alpha": 1.0}
     name = "altpo"
     paper = ("Mekala et al. 2025, Alternate Preference Optimization "
              "for Unlearning Factual Knowledge in Large Language Models")
     summary = "prefer plausible alternate answers over the true forget answer (DPO against the starting model)"
     Config = AltPOConfig
-    uses_retain = True  # unless the retain term is off (set per instance)
-
-    def __init__(self, config: AltPOConfig | None = None) -> None:
-        super().__init__(config)
-        self.uses_retain = self.config.uses_retain()
 
     def setup(self, model, tokenizer, forget, retain) -> None:
         cfg = self.config

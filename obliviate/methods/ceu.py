@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.base import FinetuneConfig, LossOutput
 from obliviate.methods.defaults import TOFU_FINETUNE
-from obliviate.methods.retain_term import RetainConfig, add_retain
+from obliviate.methods.retain_term import RetainConfig, RetainTermMethod, add_retain
 from obliviate.train.data import IGNORE
-from obliviate.train.reference import Reference, ReferenceConfig
+from obliviate.train.reference import ReferenceConfig
 
 
 def drop_first_answer_tokens(labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -70,25 +70,13 @@ class CEUConfig(FinetuneConfig, RetainConfig, ReferenceConfig):
                       "1e-5 on 7B-scale models")
 
 
-class CEU(FinetuneMethod):
+class CEU(RetainTermMethod):
     paper_defaults = {**TOFU_FINETUNE, "epochs": 10, "warmup_ratio": 0.1, "retain_loss": "none"}
     name = "ceu"
     paper = "Yang 2025, CE-U: Cross Entropy Unlearning"
     accepts_text = True
     summary = "cross-entropy towards the model's own distribution with the true token removed"
     Config = CEUConfig
-    uses_retain = True  # unless the retain term is off (set per instance)
-
-    def __init__(self, config: CEUConfig | None = None) -> None:
-        super().__init__(config)
-        self.uses_retain = self.config.uses_retain()
-        self.reference: Reference | None = None  # the starting model, for the KL retain term only
-
-    def setup(self, model, tokenizer, forget, retain) -> None:
-        if self.config.retain_loss == "kl":
-            self.reference = Reference(self.config.ref, needs_logits=True)
-            self.reference.setup(model, tokenizer, forget, retain, max_length=self.config.max_length,
-                                 batch_size=self.config.batch_size)
 
     def compute_loss(self, model, batch) -> LossOutput:
         cfg = self.config

@@ -8,8 +8,9 @@ open-unlearning's `GradDiff.compute_retain_loss` offers two retain terms, chosen
   open-unlearning averages over every position of the padded batch instead);
 - "none": no retain term.
 
-`RetainConfig` adds the two fields to a method's config; `RetainTerm` holds the reference model the
-KL needs and computes the weighted term with its log entry.
+`RetainConfig` adds the two fields to a method's config; `RetainTermMethod` is the base of the methods
+that carry it (it reads retain batches only when the term is on, and holds the reference model the KL
+needs); `add_retain` adds the weighted term with its log entry.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from pydantic import Field
 
 from obliviate.config import StrictConfig
+from obliviate.methods.base import FinetuneMethod
 from obliviate.methods.kl import retain_kl
 from obliviate.train.losses import ce_loss
 from obliviate.train.reference import Reference
@@ -60,3 +62,25 @@ def add_retain(loss: torch.Tensor, logs: dict[str, float], model, batch: dict[st
         return loss
     logs[key] = float(value.detach())
     return loss + cfg.alpha * value
+
+
+class RetainTermMethod(FinetuneMethod):
+    """A fine-tuning method with `RetainConfig`'s retain term: retain batches only when the term is on, and
+    the starting model as `self.reference` when the term is KL (a subclass may set one up regardless)."""
+
+    uses_retain = True  # unless the retain term is off (set per instance)
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        self.uses_retain = self.config.uses_retain()
+        self.reference: Reference | None = None
+
+    def setup(self, model, tokenizer, forget, retain) -> None:
+        if self.config.retain_loss == "kl":
+            self.setup_reference(model, tokenizer, forget, retain)
+
+    def setup_reference(self, model, tokenizer, forget, retain) -> None:
+        """The starting model's logits on forget and retain batches (`Reference`, in the config's `ref` mode)."""
+        self.reference = Reference(self.config.ref, needs_logits=True)
+        self.reference.setup(model, tokenizer, forget, retain, max_length=self.config.max_length,
+                             batch_size=self.config.batch_size)

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.base import FinetuneConfig, LossOutput
 from obliviate.methods.defaults import TOFU_FINETUNE
-from obliviate.methods.retain_term import RetainConfig, add_retain
+from obliviate.methods.retain_term import RetainConfig, RetainTermMethod, add_retain
 from obliviate.train.data import IGNORE
-from obliviate.train.reference import Reference, ReferenceConfig
+from obliviate.train.reference import ReferenceConfig
 
 
 def adjusted_targets(ref_logits: torch.Tensor, tokens: torch.Tensor, beta: float) -> torch.Tensor:
@@ -72,7 +72,7 @@ class UNDIALConfig(FinetuneConfig, RetainConfig, ReferenceConfig):
     epochs: int = Field(10, ge=1, description="passes over the forget set (open-unlearning also uses 10)")
 
 
-class UNDIAL(FinetuneMethod):
+class UNDIAL(RetainTermMethod):
     paper_defaults = {**TOFU_FINETUNE, "lr": 1e-4, "epochs": 10, "warmup_ratio": 0.1, "alpha": 0.0}
     name = "undial"
     paper = ("Dong et al. 2025, UNDIAL: Self-Distillation with Adjusted Logits "
@@ -80,16 +80,9 @@ class UNDIAL(FinetuneMethod):
     accepts_text = True
     summary = "distil from the starting model with the forget token's logit lowered by β"
     Config = UNDIALConfig
-    uses_retain = True  # unless the retain term is off (set per instance)
-
-    def __init__(self, config: UNDIALConfig | None = None) -> None:
-        super().__init__(config)
-        self.uses_retain = self.config.uses_retain()
 
     def setup(self, model, tokenizer, forget, retain) -> None:
-        self.reference = Reference(self.config.ref, needs_logits=True)
-        self.reference.setup(model, tokenizer, forget, retain, max_length=self.config.max_length,
-                             batch_size=self.config.batch_size)
+        self.setup_reference(model, tokenizer, forget, retain)  # the teacher: always needed
 
     def compute_loss(self, model, batch) -> LossOutput:
         cfg = self.config

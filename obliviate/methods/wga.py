@@ -27,11 +27,11 @@ from collections.abc import Callable
 import torch
 from pydantic import Field
 
-from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.base import FinetuneConfig, LossOutput
 from obliviate.methods.defaults import TOFU_FINETUNE
-from obliviate.methods.retain_term import RetainConfig, add_retain
+from obliviate.methods.retain_term import RetainConfig, RetainTermMethod, add_retain
 from obliviate.train.losses import token_logprobs
-from obliviate.train.reference import Reference, ReferenceConfig
+from obliviate.train.reference import ReferenceConfig
 
 
 def weighted_ascent(model, batch: dict[str, torch.Tensor],
@@ -52,7 +52,7 @@ class WGAConfig(FinetuneConfig, RetainConfig, ReferenceConfig):
     gamma: float = Field(1.0, ge=0, description="weight γ of the forget term")
 
 
-class WGA(FinetuneMethod):
+class WGA(RetainTermMethod):
     paper_defaults = {**TOFU_FINETUNE}
     name = "wga"
     paper = ("Wang et al. 2025, Rethinking LLM Unlearning Objectives: "
@@ -60,18 +60,6 @@ class WGA(FinetuneMethod):
     accepts_text = True
     summary = "gradient ascent on forget tokens weighted by their own probability p^β"
     Config = WGAConfig
-    uses_retain = True  # unless the retain term is off (set per instance)
-
-    def __init__(self, config: WGAConfig | None = None) -> None:
-        super().__init__(config)
-        self.uses_retain = self.config.uses_retain()
-        self.reference: Reference | None = None  # the starting model, for the KL retain term only
-
-    def setup(self, model, tokenizer, forget, retain) -> None:
-        if self.config.retain_loss == "kl":
-            self.reference = Reference(self.config.ref, needs_logits=True)
-            self.reference.setup(model, tokenizer, forget, retain, max_length=self.config.max_length,
-                                 batch_size=self.config.batch_size)
 
     def weight(self, p: torch.Tensor) -> torch.Tensor:
         """The weight of each forget token, from its detached probability p (N,)."""
