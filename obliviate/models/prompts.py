@@ -101,6 +101,12 @@ class PromptFormat:
         if not self.chat:
             pre, _, post = self.question_template.partition("{question}")
             return pre.strip(), post.strip()
+        known = _PARTS.setdefault(tokenizer, {})  # read on every prompt an intervention reads: rendered once
+        if self not in known:
+            known[self] = self._chat_parts(tokenizer)
+        return known[self]
+
+    def _chat_parts(self, tokenizer) -> tuple[str, str]:
         pre, sep, post = self.render(_SENTINEL, tokenizer).partition(_SENTINEL)
         if not sep:
             return "", ""
@@ -169,6 +175,7 @@ def parse_chat_kwargs(pairs: list[str] | None) -> dict[str, str]:
 # -- the format of a loaded model travels with its tokenizer ---------------------------------------------
 
 _FORMATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {chat format: question parts}
 
 
 def use_format(tokenizer, fmt: PromptFormat) -> None:
