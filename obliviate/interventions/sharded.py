@@ -16,9 +16,11 @@ The cache is one cache per shard (`ShardCaches`), so the scorer scores full sequ
 (`shares_prompt_cache = False`).
 
 Unlike the other interventions, the adapters are injected into the modules of the model they are
-loaded onto (peft's LoRA layers): that model becomes the ensemble's. `runs.load_run_model` loads a
-fresh base model for it, so nothing else shares it. Saving writes every adapter's tensors (named
-`adapter/parameter`) and the shards' adapter lists; `load_intervention` injects them again.
+loaded onto (peft's LoRA layers): that model becomes the ensemble's, and the ensemble always runs
+it, whatever model it wraps (training works on a copy of the base model, so the model given to the
+method is left unchanged). `runs.load_run_model` loads a fresh base model for it. Saving writes
+every adapter's tensors (named `adapter/parameter`) and the shards' adapter lists;
+`load_intervention` injects them again.
 """
 
 from __future__ import annotations
@@ -147,9 +149,10 @@ class ShardedEnsemble(Intervention):
         if not isinstance(past, ShardCaches) or len(past) != len(voters):
             raise ObliviateError("a cache passed to a sharded ensemble must come from the same ensemble")
         logps, hiddens, caches = [], [], ShardCaches()
+        model = base_of(self.peft_model)  # the model holding the adapters (the wrapped one, once loaded)
         for names, cache in zip(voters, past, strict=True):
             with active_adapters(self.peft_model, names):
-                out = call_model(wrapped.base, logits_to_keep, input_ids=input_ids, inputs_embeds=inputs_embeds,
+                out = call_model(model, logits_to_keep, input_ids=input_ids, inputs_embeds=inputs_embeds,
                                  attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
                                  use_cache=use_cache, output_hidden_states=output_hidden_states)
             logps.append(out.logits.float().log_softmax(-1))  # (B, T, V)

@@ -140,6 +140,10 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
         if spec.benchmark == "world":
             split, spec = spec.name, None
             ref = parse_world_spec(model_spec, split)
+    if getattr(cls, "exact", False) and ref is not None and spec is None and forget is None:
+        from obliviate.workflow.exact import run_exact_world  # trains from the world's base model (exact.py)
+
+        return run_exact_world(method, config, ref, out, progress)
     if spec is not None:
         forget_items, retain_items = specs.train_sets(spec)
     else:
