@@ -23,7 +23,7 @@ ensemble loses the deactivated layers' share of the training (`deactivated_fract
 
 The paper sweeps the number of shards m, slices L and budget B rather than fixing one setting, and
 trains LoRA on Llama-2/RoBERTa/ViT-scale models. The defaults here are the world's: m = 4 shards,
-L = 2 slices, B = 1 sequence, LoRA r 32 / α 64, lr 2e-3, 15 epochs per layer in batches of 32.
+L = 2 slices, B = 1 sequence, LoRA r 32 / α 64, lr 2e-3, 15 epochs per layer in batches of 8.
 The world's 2-layer, hidden-64 models learn their facts through LoRA only with the embeddings and
 the head adapted too: on a quarter of the tiny world's data, 15 epochs at lr 2e-3 leave an answer
 loss of 1.56 with r 32 on the linear layers alone, 0.41 with the embeddings and head added, and
@@ -77,7 +77,7 @@ MANIFEST = "manifest.json"
 class S3TConfig(FinetuneConfig):
     lr: float = Field(2e-3, gt=0, description="peak learning rate (AdamW) of each LoRA layer; world default")
     epochs: int = Field(15, ge=1, description="passes over a layer's data (its slices so far)")
-    batch_size: int = Field(32, ge=1, description="examples per micro-batch")
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch (many small steps memorise fastest)")
     shards: int = Field(4, ge=1, description="m: disjoint shards, each with its own stack of LoRA layers")
     slices: int = Field(2, ge=1, description="L: disjoint data slices per shard, one LoRA layer per slice")
     sequences: int = Field(1, ge=1, description="B: slice sequences trained per shard (cyclic rotations, at most L)")
