@@ -141,3 +141,19 @@ def test_registered_as_an_exact_method():
     assert "s3t" in METHODS and get_method("s3t").family == "exact"
     with pytest.raises(ValueError):
         S3TConfig(shards=0)
+
+
+def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+    from tests.helpers import assert_one_line_error, run_cli
+
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text(json.dumps({"question": "Where?", "answer": "Oslo."}) + "\n")
+    code, _, err = run_cli(["unlearn", "--method", "s3t", "--model", "world:tiny", "--forget", str(forget),
+                            "--out", str(tmp_path / "run")], monkeypatch, capsys)
+    assert_one_line_error(code, err, "world's own data")
+    code, _, err = run_cli(["unlearn", "--method", "s3t", "--model", "world:tiny", "--set", "shards=0",
+                            "--out", str(tmp_path / "run2")], monkeypatch, capsys)
+    assert_one_line_error(code, err, "shards")
+    tok = build_tiny_tokenizer()
+    with pytest.raises(ConfigError, match="share the id"):
+        S3TEnsemble.train(make_tiny_llama(), tok, [ITEMS[0], ITEMS[0]], _config())

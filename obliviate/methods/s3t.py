@@ -371,7 +371,12 @@ class S3TEnsemble:
 
 
 class S3T(InterventionMethod):
-    """S3T on the given training data: forget ∪ retain is the fine-tuning set, forget is deleted."""
+    """S3T on the given training data: forget ∪ retain is the fine-tuning set, forget is deleted.
+
+    The model given is the *base* model, before any fine-tuning on this data: the ensemble is that
+    model plus its LoRA layers. On `world:` models the workflow trains from the world's base model
+    on the target's data instead (`obliviate.workflow.exact`).
+    """
 
     name = "s3t"
     family = "exact"

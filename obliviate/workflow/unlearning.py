@@ -140,7 +140,10 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
         if spec.benchmark == "world":
             split, spec = spec.name, None
             ref = parse_world_spec(model_spec, split)
-    if getattr(cls, "exact", False) and ref is not None and spec is None and forget is None:
+    if getattr(cls, "exact", False) and ref is not None:
+        if spec is not None or forget is not None or retain is not None or lora:
+            raise ObliviateError(f"{method} on a world model trains on the world's own data from its base model; "
+                                 "give no --forget, --retain, --data or --lora")
         from obliviate.workflow.exact import run_exact_world  # trains from the world's base model (exact.py)
 
         return run_exact_world(method, config, ref, out, progress)
