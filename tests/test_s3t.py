@@ -157,3 +157,33 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
     tok = build_tiny_tokenizer()
     with pytest.raises(ConfigError, match="share the id"):
         S3TEnsemble.train(make_tiny_llama(), tok, [ITEMS[0], ITEMS[0]], _config())
+
+
+def test_finetune_sharded_then_delete_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from obliviate.runs import load_run_model
+    from tests.helpers import assert_one_line_error, run_cli
+
+    tok, base = build_tiny_tokenizer(), make_tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    qa = [it for it in ITEMS if isinstance(it, QAItem)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": it.question, "answer": it.answer, "subject": it.subject}) + "\n"
+                            for it in qa))
+    small = [f"--set={k}={v}" for k, v in {**FAST, "group_by": "subject"}.items()]
+    code, out, err = run_cli(["finetune-sharded", "--model", str(tmp_path / "base"), "--data", str(data),
+                              "--out", str(tmp_path / "full"), *small, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out[out.index("{"):])["items"] == len(qa)
+    code, out, err = run_cli(["delete", str(tmp_path / "full"), "--subjects", "a", "--out", str(tmp_path / "del"),
+                              "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    deletion = json.loads(out[out.index("{"):])["deletion"]
+    assert deletion["items"] == 2 and deletion["layers_affected"] >= 1
+    manifest = json.loads((tmp_path / "del" / "intervention" / "manifest.json").read_text())
+    assert len(manifest["deleted"]) == 2 and sum(len(v) for v in manifest["slices"].values()) == len(qa) - 2
+    model, tok2 = load_run_model(tmp_path / "del", device="cpu")
+    assert torch.isfinite(answer_logprobs(model, tok2, qa)).all()
+    code, _, err = run_cli(["delete", str(tmp_path / "full"), "--subjects", "nobody", "--out",
+                            str(tmp_path / "del2")], monkeypatch, capsys)
+    assert_one_line_error(code, err, "no item of subject")

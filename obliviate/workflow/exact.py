@@ -141,3 +141,90 @@ def _world(ref: WorldRef):
     from obliviate.world import get_world
 
     return get_world(ref.preset, ref.seed)
+
+
+# -- the sharded ensemble as a command: train it, delete from it ---------------------------------------
+
+
+def finetune_sharded(model_spec: str, out: Path, data: str | None = None, overrides: list[str] | None = None,
+                     split: str = "forget10", progress: bool = True, force: bool = False) -> dict[str, Any]:
+    """Train an S3T ensemble into run directory `out`, deleting nothing (`obliviate finetune-sharded`).
+
+    `world:PRESET` trains from the world's base model on the target's data (cached); any other model
+    spec is the base model and `data` the fine-tuning set (QA items or text passages).
+    """
+    from obliviate.config import build_config, parse_overrides
+    from obliviate.errors import ObliviateError
+    from obliviate.methods.s3t import S3TConfig, S3TEnsemble
+    from obliviate.runs import check_run_out, write_config, write_intervention_artifact
+    from obliviate.workflow.specs import parse_world_spec
+    from obliviate.workflow.unlearning import _resolvable
+
+    out = check_run_out(out, force)
+    config = build_config(S3TConfig, parse_overrides(overrides or []))
+    ref = parse_world_spec(model_spec, split)
+    if ref is not None:
+        if data is not None:
+            raise ObliviateError("finetune-sharded on a world model trains on the world's own data; give no --data")
+        return run_exact_world("s3t", config, ref, out, progress, delete=False)
+    if data is None:
+        raise ObliviateError("finetune-sharded needs --data (the fine-tuning set) unless the model is world:PRESET")
+    from obliviate.data import load_items
+    from obliviate.models.loading import load_model
+    from obliviate.models.prompts import format_of
+
+    items = list(load_items(data, "auto"))
+    base, tok = load_model(_resolvable(model_spec))
+    mark_out_dir(out)
+    t0 = time.perf_counter()
+    ensemble = S3TEnsemble.train(base, tok, items, config, out, progress)
+    ensemble.save(out / ENSEMBLE_DIR)
+    summary = {"items": len(items), "seconds": time.perf_counter() - t0, "steps": 0}
+    write_intervention_artifact(out, _resolvable(model_spec), "s3t", "sharded_ensemble")
+    write_config(out, {"method": "s3t", "method_config": config.model_dump(), "model": _resolvable(model_spec),
+                       "world": None, "train_data": str(Path(data).resolve()) if Path(data).exists() else data,
+                       "prompt_format": format_of(tok).state(), "base_model": _resolvable(model_spec),
+                       "unlearn": summary})
+    return summary
+
+
+def delete_from_run(run: Path, out: Path, ids: list[str] | None = None, subjects: list[str] | None = None,
+                    retrain: bool = False, progress: bool = True, force: bool = False) -> dict[str, Any]:
+    """Delete items (by id, or every item of `subjects`) from the S3T run `run` into a new run `out`."""
+    from obliviate.errors import ObliviateError
+    from obliviate.io import read_json
+    from obliviate.methods.s3t import S3TConfig, S3TEnsemble, item_id
+    from obliviate.models.loading import load_model
+    from obliviate.runs import check_run_out, write_config, write_intervention_artifact
+
+    run, out = Path(run), check_run_out(out, force)
+    if not (run / ENSEMBLE_DIR / "manifest.json").is_file() or not (run / "config.json").is_file():
+        raise ObliviateError(f"{run}: not an s3t run (no {ENSEMBLE_DIR}/manifest.json and config.json)")
+    if not ids and not subjects:
+        raise ObliviateError("delete: give --ids FILE or --subjects A,B")
+    recorded, artifact = read_json(run / "config.json"), read_json(run / "artifact.json")
+    if recorded.get("world"):
+        ref = WorldRef(**recorded["world"])
+        items = world_training_items(_world(ref), _world(ref).splits["trained"])
+    elif recorded.get("train_data"):
+        from obliviate.data import load_items
+
+        items = list(load_items(recorded["train_data"], "auto"))
+    else:
+        raise ObliviateError(f"{run}/config.json: records neither a world nor the training data")
+    base, tok = load_model(artifact["base_model"], device="cpu")
+    ensemble = S3TEnsemble.load(run / ENSEMBLE_DIR, base, tok, items)
+    chosen = list(ids or []) + [item_id(it) for it in items
+                                if subjects and it.subject in subjects and item_id(it) in ensemble.items]
+    if not chosen:
+        raise ObliviateError(f"delete: no item of subject(s) {', '.join(subjects or [])} is in the ensemble")
+    ensemble.config = S3TConfig(**{**ensemble.config.model_dump(), "retrain": retrain})
+    mark_out_dir(out)
+    t0 = time.perf_counter()
+    ensemble.delete(chosen, retrain=retrain, log_dir=out, progress=progress)
+    ensemble.save(out / ENSEMBLE_DIR)
+    summary = {"deletion": ensemble.last_deletion, "seconds": time.perf_counter() - t0, "from_run": str(run)}
+    write_intervention_artifact(out, artifact["base_model"], "s3t", "sharded_ensemble")
+    write_config(out, {**{k: v for k, v in recorded.items() if k not in ("command", "versions")},
+                       "method_config": ensemble.config.model_dump(), "unlearn": summary})
+    return summary
