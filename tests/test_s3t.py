@@ -187,3 +187,31 @@ def test_finetune_sharded_then_delete_from_the_command_line(tmp_path, monkeypatc
     code, _, err = run_cli(["delete", str(tmp_path / "full"), "--subjects", "nobody", "--out",
                             str(tmp_path / "del2")], monkeypatch, capsys)
     assert_one_line_error(code, err, "no item of subject")
+
+
+def test_mixture_is_the_mean_of_the_shards_sequence_probabilities_and_generation_agrees_with_its_cache():
+    from obliviate.interventions.sharded import active_adapters, base_of
+
+    tok, base = build_tiny_tokenizer(), make_tiny_llama()
+    ens = S3TEnsemble.train(base, tok, ITEMS, _config(epochs=4))
+    wrapped = ens.wrap()
+    batch = tok(["Question: Where was the author born?\nAnswer: She was born in Oslo.",
+                 "Question: Who met in London?"], return_tensors="pt", padding=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+
+    def sequence_logprob(logits):  # (B,): Σ_t log p(x_t | x_<t) over the real tokens after the first
+        logp = logits.float().log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return (logp * mask[:, 1:]).sum(-1)
+
+    with torch.no_grad():
+        mixed = sequence_logprob(wrapped(input_ids=ids, attention_mask=mask).logits)
+        shards = []
+        for names in ens.intervention().voting():
+            with active_adapters(ens.model, names):
+                shards.append(sequence_logprob(base_of(ens.model)(input_ids=ids, attention_mask=mask).logits))
+    expected = torch.logsumexp(torch.stack(shards), 0) - torch.log(torch.tensor(float(len(shards))))
+    assert torch.allclose(mixed, expected, atol=1e-4), (mixed, expected)
+    prompt = tok(["Question: What is the capital of France?"], return_tensors="pt")
+    cached = wrapped.generate(**prompt, max_new_tokens=6, do_sample=False, use_cache=True)
+    full = wrapped.generate(**prompt, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, full)

@@ -14,8 +14,9 @@ the model its training produced before it saw S_j. Optionally the deactivated la
 without the item, giving exactly the model trained on D without it. Each shard trains B sequences
 (the paper's budget; its cyclic-rotation schedule π_b(k) = (b + k) mod L), so that a deletion
 costs only the sequences whose prefix it hits; a shard answers with the sequence that has the
-longest active prefix. The shards are aggregated at the output (`interventions/sharded.py`: the mean
-of their log-probabilities).
+longest active prefix. The shards are aggregated at the output (`interventions/sharded.py`): by
+default as the mixture of their sequence distributions, each shard's next-token distribution
+weighted by its probability of the text so far.
 
 The cost of a deletion is the fraction of the training it repeats: Σ over retrained layers of
 (examples × epochs) / the same sum over the whole ensemble. Without retraining it is 0, and the
@@ -34,7 +35,10 @@ the input embeddings and the output head (`targets=auto`), not the LoRA of one t
 because the world's models have 2 blocks and a stack of L slices should not depend on the depth;
 (2) items are grouped by subject before sharding (`group_by=subject`), so that deleting a person
 touches one slice of one shard (the paper shards single training instances; `group_by=item` does
-that); (3) shards and slices are assigned by a hash of the group's key, not by a random partition,
+that); (3) the paper aggregates the shards' predictions as SISA does, trusting each equally on every
+input; a language model's shards each know different facts, so here the aggregate weights each shard
+by how likely it finds the prompt (`aggregate=mixture`; `mean_logprob` trusts them equally); (4)
+shards and slices are assigned by a hash of the group's key, not by a random partition,
 so that the assignment of every other item is the same with or without a deleted one, which is
 what makes "retrain" equal to training from scratch without it. Each layer's initialisation and
 data order are seeded by (seed, shard, sequence, position) alone.
@@ -87,6 +91,9 @@ class S3TConfig(FinetuneConfig):
                          "embeddings and the output head), all-linear, or names joined by '+'")
     group_by: Literal["subject", "item"] = Field(
         "subject", description="what stays together in one slice: an item's subject (a person) or the item alone")
+    aggregate: Literal["mixture", "mean_logprob"] = Field(
+        "mixture", description="how the shards answer together: the mixture of their sequence distributions "
+        "(each shard weighted by its probability of the text so far) or the mean of their log-probabilities")
     retrain: bool = Field(False, description="retrain the deactivated layers without the deleted items (exactly "
                           "a model that never saw them) instead of only deactivating them")
 
@@ -317,7 +324,7 @@ class S3TEnsemble:
 
     def intervention(self) -> ShardedEnsemble:
         self.model.eval()
-        return ShardedEnsemble(self.model, self.shard_adapters(), self.lora)
+        return ShardedEnsemble(self.model, self.shard_adapters(), self.lora, self.config.aggregate)
 
     def wrap(self):
         """The ensemble as a model (the qa suite, attacks and generation run on it unchanged)."""

@@ -77,7 +77,7 @@ def trained_ensemble(ref: WorldRef, config, progress: bool = True) -> tuple[Path
     models = world_models(ref, which=(), progress=progress)
     base_dir = world_base(models)
     items = world_training_items(models.world, models.world.splits["trained"])
-    key = stable_hash({"config": {k: v for k, v in config.model_dump().items() if k != "retrain"},
+    key = stable_hash({"config": {k: v for k, v in config.model_dump().items() if k not in ("retrain", "aggregate")},
                        "items": sorted(item_id(it) for it in items)})
     final = models.root / f"s3t-{key}"
 
