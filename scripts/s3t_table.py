@@ -2,8 +2,8 @@
 
 Trains S3T's sharded ensemble from the world's base model on the target's data (cached), then
 scores, with the qa suite against the world's oracle: the target, the oracle, the second oracle
-(the calibration row: two exact retrains), the ensemble before any deletion (what sharding costs),
-and the ensemble after deleting the split's forget people, by deactivating their layers and by
+(the calibration row: two exact retrains), the ensemble before any deletion (what sharding costs;
+with both aggregates), and the ensemble after deleting the split's forget people, by deactivating their layers and by
 retraining them. The deletion's cost is the fraction of the ensemble's training it repeats.
 
     python scripts/s3t_table.py --preset tiny --split forget10 --seed 0 [--out docs/methods.md]
@@ -61,13 +61,14 @@ def main() -> None:
             res = ob.evaluate(str(path), world=world, split=args.split, out=f"{tmp}/{label[:6]}", progress=False)
             rows.append((label, res.aggregates, None, None))
             print(f"{label}: done", file=sys.stderr)
-        runs = (("s3t ensemble, before deletion", False, dict(delete=False)),
-                ("s3t, forget deleted (layers deactivated)", False, {}),
-                ("s3t, forget deleted (layers retrained)", True, {}))
-        for i, (label, retrain, extra) in enumerate(runs):
+        other = "mean_logprob" if config.aggregate == "mixture" else "mixture"
+        runs = (("s3t ensemble, before deletion", {}, dict(delete=False)),
+                (f"s3t ensemble, before deletion, aggregate={other}", {"aggregate": other}, dict(delete=False)),
+                ("s3t, forget deleted (layers deactivated)", {}, {}),
+                ("s3t, forget deleted (layers retrained)", {"retrain": True}, {}))
+        for i, (label, update, extra) in enumerate(runs):
             run_dir = Path(tmp) / f"run{i}"
-            summary = run_exact_world("s3t", config.model_copy(update={"retrain": retrain}), ref, run_dir,
-                                      progress=False, **extra)
+            summary = run_exact_world("s3t", config.model_copy(update=update), ref, run_dir, progress=False, **extra)
             res = ob.evaluate(str(run_dir), progress=False)
             rows.append((label, res.aggregates, summary.get("deletion"), summary["seconds"]))
             print(f"{label}: done in {summary['seconds']:.0f}s", file=sys.stderr)
@@ -83,7 +84,7 @@ def main() -> None:
     lost = "—" if target_mu is None or full_mu is None else f"{target_mu - full_mu:.3f}"
     settings = ", ".join(f"{k} {v}" for k, v in config.model_dump().items()
                          if k in ("shards", "slices", "sequences", "r", "alpha", "lr", "epochs", "batch_size",
-                                  "group_by"))
+                                  "group_by", "aggregate"))
     command = (f"python scripts/s3t_table.py --preset {args.preset} --split {args.split} --seed {args.seed}"
                + "".join(f" --set {o}" for o in args.overrides))
     note = (f"\n`{command}` — world `{args.preset}`, split `{args.split}`, seed {args.seed}; s3t: {settings}. "
