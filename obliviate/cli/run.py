@@ -92,6 +92,11 @@ def unlearn(
         table = report_table(summary["classifier"])
         if table is not None:
             console.print(table)
+    if isinstance(summary.get("deletion"), dict):  # s3t: what the deletion took out and repeated
+        d = summary["deletion"]
+        console.print(f"deleted {d['items']} items: {d['layers_affected']} of {d['layers']} layers "
+                      f"{'retrained' if d['retrain'] else 'deactivated'}; training repeated {d['cost_fraction']:.2f}, "
+                      f"deactivated {d['deactivated_fraction']:.2f}")
     console.print(f"unlearned with {method} in {summary['train_seconds']:.1f}s, {summary['steps']} steps; "
                   f"run directory: {out}\nnext: obliviate eval {out}")
 
