@@ -73,8 +73,14 @@ def main() -> None:
             rows.append((label, res.aggregates, summary.get("deletion"), summary["seconds"]))
             print(f"{label}: done in {summary['seconds']:.0f}s", file=sys.stderr)
     head = ("| model | forget quality ↑ | model utility ↑ | forget ROUGE ↓ | retain ROUGE ↑ | training repeated | "
-            "training deactivated |\n|---|---|---|---|---|---|---|\n")
-    frac = lambda d, k: "—" if d is None else f"{d[k]:.2f}"  # noqa: E731
+            "training left out |\n|---|---|---|---|---|---|---|\n")
+
+    def frac(d: dict | None, key: str) -> str:
+        if d is None:
+            return "—"
+        left_out = key == "deactivated_fraction" and d["retrain"]  # retrained layers are back in
+        return "0.00" if left_out else f"{d[key]:.2f}"
+
     body = "".join(
         f"| {name} | {cell(a, 'forget_quality')} | {cell(a, 'model_utility')} | {cell(a, 'forget/rouge')} | "
         f"{cell(a, 'retain/rouge')} | {frac(d, 'cost_fraction')} | {frac(d, 'deactivated_fraction')} |\n"
@@ -89,7 +95,8 @@ def main() -> None:
                + "".join(f" --set {o}" for o in args.overrides))
     note = (f"\n`{command}` — world `{args.preset}`, split `{args.split}`, seed {args.seed}; s3t: {settings}. "
             f"Utility lost to sharding (target − ensemble before deletion): {lost}. "
-            "Forget quality is the KS test of the forget truth ratios against the oracle's (n items).\n")
+            "Forget quality is the KS test of the forget truth ratios against the oracle's (n items); training "
+            "repeated and left out are fractions of the ensemble's training (examples × epochs).\n")
     table = f"{BEGIN}\n{head}{body}{note}\n{END}"
     replace_block(args.out, BEGIN, END, table, "Methods")
     print(table)
