@@ -35,12 +35,13 @@ the input embeddings and the output head (`targets=auto`), not the LoRA of one t
 because the world's models have 2 blocks and a stack of L slices should not depend on the depth;
 (2) items are grouped by subject before sharding (`group_by=subject`), so that deleting a person
 touches one slice of one shard (the paper shards single training instances; `group_by=item` does
-that); (3) the paper aggregates the shards' predictions as SISA does, trusting each equally on every
-input; a language model's shards each know different facts, so here the aggregate weights each shard
-by how likely it finds the prompt (`aggregate=mixture`; `mean_logprob` trusts them equally); (4)
-shards and slices are assigned by a hash of the group's key, not by a random partition,
-so that the assignment of every other item is the same with or without a deleted one, which is
-what makes "retrain" equal to training from scratch without it. Each layer's initialisation and
+that); (3) the paper combines the shards' outputs as SISA does, each shard counted equally on every
+input; a language model's shards each know different facts, and counted equally they lose them (on
+the tiny world, model utility 0.000 with `aggregate=mean_logprob`, 0.195 with the mixture), so here
+the aggregate weights each shard by how likely it finds the text so far (`aggregate=mixture`);
+(4) shards and slices are assigned by a hash of the group's key, not by a random partition, so that
+the assignment of every other item is the same with or without a deleted one, which is what makes
+"retrain" equal to training from scratch without it. Each layer's initialisation and
 data order are seeded by (seed, shard, sequence, position) alone.
 
 Training runs in the shared loop (`obliviate.train.loop`) with plain cross-entropy on the answers
