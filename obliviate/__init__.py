@@ -12,7 +12,8 @@ from typing import Any
 from obliviate.version import __version__
 
 _API = ("AttackReport", "BenchResult", "EvalResult", "Items", "LoRA", "Run", "attack", "bench", "compare",
-        "demo", "evaluate", "load_model", "protocol", "pull", "rerun", "seeds", "unlearn")
+        "demo", "evaluate", "load_model", "protocol", "pull", "rerun", "seeds", "unlearn",
+        "delete", "finetune_sharded")
 __all__ = ["__version__", *_API]
 
 

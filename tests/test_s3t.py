@@ -215,3 +215,21 @@ def test_mixture_is_the_mean_of_the_shards_sequence_probabilities_and_generation
     cached = wrapped.generate(**prompt, max_new_tokens=6, do_sample=False, use_cache=True)
     full = wrapped.generate(**prompt, max_new_tokens=6, do_sample=False, use_cache=False)
     assert torch.equal(cached, full)
+
+
+def test_python_entry_trains_and_deletes(tmp_path):
+    import obliviate as ob
+
+    tok, base = build_tiny_tokenizer(), make_tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": it.question, "answer": it.answer, "subject": it.subject}) + "\n"
+                            for it in ITEMS if isinstance(it, QAItem)))
+    full = ob.finetune_sharded(tmp_path / "base", data=data, out=tmp_path / "full", progress=False,
+                               overrides={**FAST, "shards": 1, "sequences": 1, "group_by": "subject"})
+    gone = ob.delete(full, subjects=["b"], out=tmp_path / "gone", retrain=True, progress=False)
+    deletion = gone.config["unlearn"]["deletion"]
+    assert gone.method == "s3t" and deletion["items"] == 1 and 0 < deletion["cost_fraction"] <= 1
+    model, _ = gone.load_model()
+    assert model.intervention.kind == "sharded_ensemble"

@@ -9,6 +9,8 @@
     result.items.to_pandas()             # one row per scored item
     report = ob.attack(run, ["relearn", "forms"])
     board = ob.bench(methods=["ga", "npo"], world="tiny", seeds=3, out="bench/b1")
+    full = ob.finetune_sharded("world:tiny", out="runs/s3t")   # exact unlearning (S3T): train, then
+    gone = ob.delete(full, subjects=["p003"], out="runs/s3t-deleted")   # delete from it
 
 Every function here is what one CLI command calls; the CLI only parses options and prints. Results
 load back from their directories (`Run.load`, `EvalResult.load`), so a script can pick up what the
@@ -18,8 +20,10 @@ local Hugging Face directory or a hub name. Data specs: `world:SPLIT` (the model
 """
 
 from obliviate.api.core import attack, evaluate, load_model, pull, rerun, unlearn
+from obliviate.api.exact import delete, finetune_sharded
 from obliviate.api.studies import bench, compare, demo, protocol, seeds
 from obliviate.api.types import AttackReport, BenchResult, EvalResult, Items, LoRA, Run
 
 __all__ = ["AttackReport", "BenchResult", "EvalResult", "Items", "LoRA", "Run", "attack", "bench", "compare",
-           "demo", "evaluate", "load_model", "protocol", "pull", "rerun", "seeds", "unlearn"]
+           "demo", "evaluate", "load_model", "protocol", "pull", "rerun", "seeds", "unlearn",
+           "delete", "finetune_sharded"]
