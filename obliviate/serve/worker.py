@@ -177,6 +177,7 @@ class Worker:
             if not report.passed:
                 self._record(rid, evidence)
                 self.ledger.transition(rid, "needs_review", failed=report.failed())
+                shutil.rmtree(self._job_dir(rid), ignore_errors=True)
                 return "needs_review"
             try:
                 version = self.ledger.publish(adapter_dir, adapter_sha, [*already, rid],
