@@ -257,7 +257,8 @@ class Worker:
         facts = _write_rows(self._job_dir(rid) / "facts.jsonl",
                             [_row(it, False) for it in qa])
         retain_file, _, _ = self._retain_data()
-        report = attack(run, list(gates.attacks), forget=facts, retain=retain_file, progress=self.progress)
+        report = attack(run, list(gates.attacks), forget=facts, retain=retain_file, overrides=gates.attack_overrides,
+                        progress=self.progress)
         return {name: report.recovery(name) for name in gates.attacks}
 
     def _base_evidence(self, job: Job) -> dict[str, Any]:
