@@ -102,6 +102,7 @@ class Worker:
     def __init__(self, config: ServeConfig, ledger: Ledger | None = None, name: str | None = None,
                  progress: bool = False) -> None:
         gate_checks.check_config(config.gates)
+        check_durable(config)
         self.config = config
         self.ledger = ledger or open_ledger(config)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -283,6 +284,25 @@ class Worker:
             "base_model": self.config.model,
             "published_version": None,
         }
+
+
+def check_durable(config: ServeConfig) -> None:
+    """Refuse, before any work, a durable method that makes no adapter the server can swap in."""
+    from obliviate.methods import get_method
+
+    cls = get_method(config.durable.method)
+    if getattr(cls, "produces", "weights") == "intervention":
+        raise ConfigError(f"durable.method {config.durable.method!r}: an inference-time method, it changes no "
+                          "weights; give a weight method such as npo")
+    if config.durable.lora is None:
+        raise ConfigError("durable.lora: the server swaps in adapters, not full weights; give LoRA settings, "
+                          "e.g. {r: 8, alpha: 16}")
+    from obliviate.api import LoRA
+
+    try:
+        LoRA(**config.durable.lora)
+    except TypeError as exc:
+        raise ConfigError(f"durable.lora: {exc}") from None
 
 
 def _retain_row(item) -> dict[str, str]:
