@@ -156,3 +156,30 @@ def test_a_job_whose_worker_died_is_claimed_again_and_resumes_its_run(tmp_path, 
     summary = json.loads((run_dirs[0] / "config.json").read_text())["unlearn"]
     assert summary["resumed_from"] == 2 and summary["steps"] == 5
     assert ledger.verify().ok
+
+
+def test_a_stopped_worker_puts_its_job_back_at_once(tmp_path, world_facts, monkeypatch):
+    import obliviate.methods as methods
+    from obliviate.methods.npo import NPO
+
+    class StoppedAtStep2(NPO):
+        calls = 0
+
+        def compute_loss(self, model, batch):
+            StoppedAtStep2.calls += 1
+            if StoppedAtStep2.calls == 2:
+                raise KeyboardInterrupt
+            return super().compute_loss(model, batch)
+
+    facts, _ = world_facts
+    config = deployment(tmp_path, GATES)  # stale_after 60 s: only the release makes it claimable now
+    ledger = open_ledger(config)
+    rid = file_request(ledger, facts)
+    real = methods.get_method
+    monkeypatch.setattr(methods, "get_method", lambda name: StoppedAtStep2 if name == "npo" else real(name))
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(config, once=True)
+    monkeypatch.setattr(methods, "get_method", real)
+    assert ledger.jobs()[0]["state"] == "queued"
+    assert run_worker(config, once=True) == 1
+    assert ledger.get(rid).state == "durable" and ledger.get(rid).evidence["attempt"] == 2

@@ -315,6 +315,10 @@ class Ledger:
         at = now()
         self._touch(job, state="done", heartbeat_at=at, finished_at=at)
 
+    def release_job(self, job: Job) -> None:
+        """Put a job its worker is stopping back in the queue (claimable at once; its next attempt resumes)."""
+        self._touch(job, state="queued", worker=None, heartbeat_at=None)
+
     def _touch(self, job: Job, **values: Any) -> None:
         with self._session() as session:
             result = session.execute(update(JobRow).where(JobRow.request_id == job.request_id,

@@ -14,7 +14,11 @@ For each job (`Worker.process`), the request moves `unlearning` -> `verifying` -
    publishes nothing.
 
 While a job runs, a thread sends the ledger a heartbeat every `stale_after / 4` seconds. A worker that was
-presumed dead (its job claimed again by another) learns it at the next heartbeat and never publishes.
+presumed dead (its job claimed again by another) learns it at the next heartbeat and never publishes. A
+worker that is stopped (Ctrl-C, SIGTERM) puts its job back in the queue at once; one that is killed leaves it
+to be claimed again once its heartbeat is `stale_after` seconds old. Either way the next attempt resumes the
+run from its last checkpoint when the method checkpoints (`durable.overrides: {save_every: N}`), else
+trains it again from the start.
 """
 
 from __future__ import annotations
@@ -360,6 +364,12 @@ def serve_jobs(ledger: Ledger, process: Callable[[Job], Any], *, worker: str, on
                 state = process(job)
             except JobLost as exc:
                 state = f"abandoned ({exc})"
+            except KeyboardInterrupt:  # stopped (Ctrl-C, or SIGTERM from `obliviate worker`): requeue it now
+                try:
+                    ledger.release_job(job)
+                except JobLost:
+                    pass
+                raise
             done += 1
             if log:
                 log(f"request {job.request_id}: {state}")
