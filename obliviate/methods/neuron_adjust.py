@@ -18,7 +18,11 @@ Li et al. 2025, *Effective Skill Unlearning through Intervention and Abstention*
 
    (mapped into the retain distribution, then reflected about μ_r); other values are kept.
 
-Defaults: `percent` 3.0 (the reference's skill setting); the probes use every forget and retain
+Defaults: the paper's (`--defaults paper`) are `percent` 3.0 (the reference's skill setting) and
+`rule="sample"`; the world's are `percent` 7.0 and `rule="likelihood"`. On the tiny world's skill
+task (`world/skills.py`: 2 layers × 128 neurons) 3 % is 8 neurons, and moves arithmetic test
+accuracy only from 0.92 to 0.52; 7 % (18 neurons) takes it to 0.20 while copying stays at 0.96 and
+the facts at 0.92 (10 %: 0.12, with the facts down to 0.84). The probes use every forget and retain
 item given (the reference's `--N` caps a probe at 200 examples: `max_items`).
 
 Differs from the reference:
@@ -35,21 +39,24 @@ Differs from the reference:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 
 from obliviate.errors import ConfigError
 from obliviate.interventions.ffn import feed_forwards, real_tokens, record_inputs
-from obliviate.interventions.neuron_shift import RULES, SD_FLOOR, NeuronShift
+from obliviate.interventions.neuron_shift import SD_FLOOR, NeuronShift
 from obliviate.methods.base import MethodConfig
 from obliviate.methods.inference import InterventionMethod, item_kind
 
 
 class NeuronAdjustConfig(MethodConfig):
-    percent: float = Field(3.0, gt=0, le=100, description="share (%) of all feed-forward neurons adjusted: those "
+    percent: float = Field(7.0, gt=0, le=100, description="share (%) of all feed-forward neurons adjusted: those "
                            "whose forget mean exceeds their retain mean the most")
-    rule: str = Field("likelihood", description=f"which values move: {' or '.join(RULES)} (the reference's random "
-                      "draw); see the module docstring")
+    rule: Literal["likelihood", "sample"] = Field(
+        "likelihood", description="which values move: 'likelihood' (every value likelier under the forget "
+        "distribution) or 'sample' (the reference's random draw); see the module docstring")
     max_items: int | None = Field(None, ge=1, description="probe at most this many forget and retain items each")
     batch_size: int = Field(16, ge=1, description="items per probing forward pass")
 
@@ -87,8 +94,6 @@ class NeuronAdjust(InterventionMethod):
 
     def build(self, model, tokenizer, forget, retain, out_dir, progress, resume):
         cfg = self.config
-        if cfg.rule not in RULES:
-            raise ConfigError(f"neuron_adjust: rule={cfg.rule!r}; choose one of {', '.join(RULES)}")
         item_kind(forget, self.name)
         item_kind(retain, self.name)
         if not forget or not retain:
