@@ -136,3 +136,21 @@ def test_key_space_detection_abstains_on_arithmetic_only(skills, tmp_path):
     for skill in ("copy", "facts"):
         assert after[skill]["abstention"] <= 0.1
         assert after[skill]["accuracy"] >= target[skill]["accuracy"] - 0.05
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+def test_skills_export_writes_the_sets_and_bad_tasks_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    from obliviate.io import read_jsonl
+    from tests.helpers import assert_one_line_error, run_cli
+
+    code, _, err = run_cli(["skills", "export", str(tmp_path / "d"), "--task", "tiny@0/copy"], monkeypatch, capsys)
+    assert code == 0, err
+    task = get_skills("tiny", 0)
+    assert [r["question"] for r in read_jsonl(tmp_path / "d" / "forget.jsonl")] == [
+        it.question for it in task.fit["copy"]]
+    assert len(list(read_jsonl(tmp_path / "d" / "test_arithmetic.jsonl"))) == len(task.test["arithmetic"])
+    code, _, err = run_cli(["skills", "export", str(tmp_path / "e"), "--task", "tiny@x"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "tiny@x", "PRESET[@SEED][/SKILL]")
+    code, _, err = run_cli(["eval", str(tmp_path), "--suite", "skill"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "--world PRESET[@SEED][/SKILL]")
