@@ -11,6 +11,8 @@ arithmetic query and on no other).
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ from obliviate.interventions.key_space import KeySpaceAbstention
 from obliviate.interventions.neuron_shift import NeuronShift
 from obliviate.methods import METHODS, get_method
 from obliviate.methods.neuron_adjust import top_percent
-from obliviate.world.skills import SKILLS, get_skills
+from obliviate.world.skills import SKILLS, _arithmetic, get_skills
 
 # The methods these tests cover (tests/test_methods_world.py checks every registered method is covered).
 COVERED = {"neuron_adjust", "key_space_detection"}
@@ -50,6 +52,8 @@ def test_unknown_skill_and_preset_are_one_line_errors():
         get_skills("tiny", 0).split("poetry")
     with pytest.raises(ConfigError, match="no skill task for world preset 'huge'"):
         get_skills("huge", 0)
+    with pytest.raises(ConfigError, match="120 distinct arithmetic problems need a larger max_operand than 10"):
+        _arithmetic(random.Random(0), 120, 10)  # 55 distinct subtractions exist below 10, 60 are asked
 
 
 # -- the rules on hand-made numbers -------------------------------------------------------------------

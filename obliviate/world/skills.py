@@ -59,7 +59,7 @@ class SkillsConfig:
 
 SKILL_PRESETS = {
     "tiny": SkillsConfig(n_arithmetic=100, n_copy=100),
-    "small": SkillsConfig(n_arithmetic=120, n_copy=120),
+    "small": SkillsConfig(n_arithmetic=110, n_copy=110),
 }
 
 
@@ -107,6 +107,8 @@ class SkillTask:
 
 def _arithmetic(rng: random.Random, n: int, max_operand: int) -> list[QAItem]:
     """`n` distinct problems, alternately additions and subtractions (non-negative results)."""
+    if n - n // 2 > max_operand * max_operand or n // 2 > max_operand * (max_operand + 1) // 2:
+        raise ConfigError(f"{n} distinct arithmetic problems need a larger max_operand than {max_operand}")
     seen: set[tuple[int, str, int]] = set()
     out = []
     while len(out) < n:
