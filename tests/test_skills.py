@@ -158,3 +158,27 @@ def test_skills_export_writes_the_sets_and_bad_tasks_are_one_line_errors(tmp_pat
     assert_one_line_error(code, err, "tiny@x", "PRESET[@SEED][/SKILL]")
     code, _, err = run_cli(["eval", str(tmp_path), "--suite", "skill"], monkeypatch, capsys)
     assert_one_line_error(code, err, "--world PRESET[@SEED][/SKILL]")
+
+
+def test_bench_set_needs_a_method_name():
+    from obliviate.workflow.skills import parse_method_overrides
+
+    assert parse_method_overrides(["neuron_adjust:percent=3", "neuron_adjust:rule=sample"]) == {
+        "neuron_adjust": {"percent": "3", "rule": "sample"}}
+    with pytest.raises(ConfigError, match="expected METHOD:KEY=VALUE"):
+        parse_method_overrides(["percent=3"])
+
+
+@pytest.mark.slow
+def test_skill_bench_writes_each_methods_scores(skills, tmp_path):
+    from obliviate.io import read_json
+    from obliviate.workflow.skills import SkillRef, skill_bench
+
+    rows = skill_bench(SkillRef("tiny", 0, "arithmetic"), ["key_space_detection"], tmp_path,
+                       {"key_space_detection": {"margin": "1.0"}}, progress=False, defaults="paper")
+    assert rows["target"]["skills"]["arithmetic"]["accuracy"] == skills[3]["arithmetic"]["accuracy"]
+    assert rows["key_space_detection"]["config"]["margin"] == 1.0
+    bench = read_json(tmp_path / "skill_bench.json")
+    assert bench["defaults"] == "paper"
+    assert bench["rows"]["key_space_detection"]["aggregates"]["skill/arithmetic/abstention"]["higher_is_better"]
+    assert (tmp_path / "key_space_detection" / "intervention" / "intervention.json").is_file()

@@ -68,12 +68,16 @@ def skills_bench(out: Annotated[Path, typer.Option(help="directory for the runs 
                  task: Task = "tiny@0/arithmetic",
                  methods: Annotated[str, typer.Option(help="comma-separated training-free methods")] =
                  "neuron_adjust,key_space_detection",
+                 defaults: Annotated[str, typer.Option(help="the methods' defaults: world or paper")] = "world",
+                 set_: Annotated[list[str] | None, typer.Option(
+                     "--set", help="METHOD:KEY=VALUE, a config value of one method (repeatable)")] = None,
                  as_json: JsonOpt = False) -> None:
-    """The skill model and each method (world defaults) side by side: accuracy / abstention per skill."""
-    from obliviate.workflow.skills import parse_skill_spec, skill_bench
+    """The skill model and each method side by side: accuracy / abstention per skill."""
+    from obliviate.workflow.skills import parse_method_overrides, parse_skill_spec, skill_bench
 
     ref = parse_skill_spec(task)
-    rows = skill_bench(ref, [m.strip() for m in methods.split(",") if m.strip()], out, progress=not as_json)
+    rows = skill_bench(ref, [m.strip() for m in methods.split(",") if m.strip()], out,
+                       parse_method_overrides(set_ or []), progress=not as_json, defaults=defaults)
     if as_json:
         print_json({name: p["aggregates"] for name, p in rows.items()})
         return

@@ -71,16 +71,20 @@ def evaluate_skills(model, tokenizer, ref: SkillRef, out: Path | None = None,
 
 
 def skill_bench(ref: SkillRef, methods: list[str], out: Path, overrides: dict[str, dict[str, Any]] | None = None,
-                progress: bool = True) -> dict[str, dict[str, Any]]:
-    """The skill model and each method (its world defaults, plus `overrides[name]`) on the task: name -> payload.
+                progress: bool = True, defaults: str = "world") -> dict[str, dict[str, Any]]:
+    """The skill model and each method (its `defaults`, world or paper, plus `overrides[name]`) on the task.
 
+    Returns name -> payload.
     Each method unlearns the forget skill's fit half against the other skills' fit halves; every
     payload scores the test halves. Written to `out/<name>/skill_results.json` and `out/skill_bench.json`.
     """
     from obliviate.config import build_config
     from obliviate.methods import get_method
+    from obliviate.methods.defaults import default_values
     from obliviate.world.skills import get_skills
 
+    if defaults not in ("world", "paper"):
+        raise ConfigError(f"--defaults {defaults!r}: choose world or paper")
     split = get_skills(ref.preset, ref.seed).split(ref.skill)
     model, tok = load_skill_target("skills", ref, progress)
     rows = {"target": evaluate_skills(model, tok, ref, out / "target")}
@@ -88,14 +92,28 @@ def skill_bench(ref: SkillRef, methods: list[str], out: Path, overrides: dict[st
         cls = get_method(name)
         if cls.family != "inference-time":
             raise ConfigError(f"skills bench: {name} changes weights; the bench runs training-free methods only")
-        method = cls(build_config(cls.Config, (overrides or {}).get(name, {})))
+        values = {**default_values(cls, defaults), **(overrides or {}).get(name, {})}
+        method = cls(build_config(cls.Config, values))
         start = time.perf_counter()
         summary = method.unlearn(model, tok, split.forget, split.retain, out / name, progress=progress)
         wrapped = method.intervention.wrap(model, tok)
         rows[name] = evaluate_skills(wrapped, tok, ref, out / name, extra={
             "method": name, "config": method.config.model_dump(), "summary": summary,
             "seconds": round(time.perf_counter() - start, 2)})
-    write_json(out / "skill_bench.json", {"task": str(ref), "rows": {
+    write_json(out / "skill_bench.json", {"task": str(ref), "defaults": defaults, "rows": {
         name: {"aggregates": p["aggregates"], **({"summary": p["summary"]} if "summary" in p else {})}
         for name, p in rows.items()}})
     return rows
+
+
+def parse_method_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """`["neuron_adjust:percent=3"]` -> `{"neuron_adjust": {"percent": "3"}}` (pydantic coerces the strings)."""
+    from obliviate.config import parse_overrides
+
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        method, sep, rest = pair.partition(":")
+        if not sep or not method.strip():
+            raise ConfigError(f"--set {pair!r}: expected METHOD:KEY=VALUE")
+        out.setdefault(method.strip(), {}).update(parse_overrides([rest]))
+    return out
