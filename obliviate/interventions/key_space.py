@@ -115,7 +115,7 @@ class KeySpaceAbstention(Intervention):
 
         _, flags, _ = self._run_base(base, input_ids=input_ids, attention_mask=attention_mask,
                                      position_ids=positions_from_mask(attention_mask, input_ids.shape[1]),
-                                     use_cache=False)
+                                     use_cache=False, logits_to_keep=1)
         return flags
 
     def generation_processors(self, wrapped, input_ids, attention_mask) -> list:
