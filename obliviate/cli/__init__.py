@@ -2,7 +2,7 @@
 
 Each module registers one command group on `app` when imported: catalog (methods, metrics), world,
 run (unlearn, eval, demo), rerun, attack, bench (bench, report), stats (compare, seeds, protocol), labels
-(reviews), compat. A command parses its options, calls the API and prints.
+(reviews), skills, compat. A command parses its options, calls the API and prints.
 
 User errors (`ObliviateError`) print one line on stderr and exit with code 2, never a traceback.
 """
