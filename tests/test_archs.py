@@ -25,6 +25,8 @@ from obliviate.models.scoring import score_qa
 from tests.conftest import make_tiny_gpt2, make_tiny_llama, make_tiny_mixtral
 
 ARCHS = {"llama": make_tiny_llama, "gpt2": make_tiny_gpt2, "moe": make_tiny_mixtral}
+# Methods that read single feed-forward neurons: a mixture of experts is refused in one line.
+DENSE_ONLY = {"neuron_adjust", "key_space_detection"}
 
 FORGET = [
     QAItem("Where was Mara Lind born?", "She was born in Oslo, Norway.", "She was born in Oslo.",
@@ -56,7 +58,7 @@ def test_every_method_runs_on_every_architecture(name, arch, tiny_tokenizer, tmp
     cls = METHODS[name]
     model = ARCHS[arch]()
     method = cls(_config(cls))
-    if name == "uoe" and arch != "moe":
+    if (name == "uoe" and arch != "moe") or (name in DENSE_ONLY and arch == "moe"):
         with pytest.raises(ConfigError, match="mixture-of-experts"):
             method.unlearn(model, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
         return

@@ -217,8 +217,14 @@ def eval_cmd(
         eval_labels(target, world, oracle, out, as_json,
                     unused={"--forget": forget, "--retain": retain, "--utility": utility, "--holdout": holdout})
         return
+    if suite == "skill":  # the skill task (see obliviate/cli/skills.py)
+        from obliviate.cli.skills import eval_skill
+
+        eval_skill(target, world, out, as_json,
+                   unused={"--forget": forget, "--retain": retain, "--utility": utility, "--holdout": holdout})
+        return
     if suite != "qa":
-        raise ObliviateError(f"unknown suite '{suite}' (available: qa, text, labels)")
+        raise ObliviateError(f"unknown suite '{suite}' (available: qa, text, labels, skill)")
     from obliviate.api import evaluate
 
     result = evaluate(target, forget=forget, retain=retain, utility=utility, holdout=holdout, oracle=oracle,

@@ -31,7 +31,9 @@ from obliviate.methods.guard import GUARD
 from obliviate.methods.icul import ICUL, PromptBaseline
 from obliviate.methods.idk_dpo import IdkDPO
 from obliviate.methods.idk_sft import IdkSFT
+from obliviate.methods.key_space_detection import KeySpaceDetection
 from obliviate.methods.kl import KL
+from obliviate.methods.neuron_adjust import NeuronAdjust
 from obliviate.methods.npo import NPO
 from obliviate.methods.pdu import PDU
 from obliviate.methods.random_label import RandomLabel
@@ -78,6 +80,8 @@ _TABLE: tuple[type[Method], ...] = (
     PDU,
     AltPO,
     WAGLE,
+    NeuronAdjust,
+    KeySpaceDetection,
 )
 # Labelled variants listed beside the paper's methods (the forms earlier tables reported).
 _VARIANTS: tuple[str, ...] = ("spul+gate", "icul+gate", "prompt+gate")
