@@ -137,8 +137,9 @@ COVERED = {"ga", "graddiff", "kl", "npo", "simnpo", "idk_sft", "snap", "idk_dpo"
 
 def test_every_registered_method_has_a_world_test():
     from tests.test_methods_newer_world import COVERED as NEWER  # open-unlearning's newer losses
+    from tests.test_rocr import COVERED as ROCR_COVERED
 
-    assert set(METHODS) - {"uoe"} == COVERED | NEWER
+    assert set(METHODS) - {"uoe"} == COVERED | NEWER | ROCR_COVERED
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
