@@ -25,7 +25,8 @@ import torch
 from obliviate.data.schema import QAItem
 from obliviate.errors import ConfigError
 from obliviate.methods import get_method
-from obliviate.methods.rocr import ROCR, ROCRConfig, down_projection, subject_prompts, subject_states
+from obliviate.methods.rocr import ROCR, ROCRConfig, subject_prompts, subject_states
+from obliviate.models.layers import down_projection
 from tests.conftest import make_tiny_gpt2, make_tiny_llama
 
 COVERED = {"rocr"}  # the methods this module runs on a world (tests/test_methods_world.py)

@@ -68,13 +68,11 @@ from obliviate.errors import ConfigError
 from obliviate.io import write_json
 from obliviate.methods.base import Method, MethodConfig
 from obliviate.models.batching import model_device, pad_ids
-from obliviate.models.layers import decoder_layers, feed_forward, moe_layers, num_layers
+from obliviate.models.layers import decoder_layers, down_projection, down_projection_weight, moe_layers, num_layers
 from obliviate.models.lora import is_peft_model
 from obliviate.models.prompts import encode_prompts, format_of
 from obliviate.train.data import collate, encode_items
 
-# Names of the down-projection inside a feed-forward block (Llama/Mistral/Qwen, GPT-2, GPT-NeoX, Falcon).
-DOWN_PROJ_NAMES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "w2")
 PAPER_LAYERS = (4, 5, 6)  # of 32
 PAPER_DEPTH = 32
 
@@ -95,22 +93,6 @@ class ROCRConfig(MethodConfig):
 def default_layers(n: int) -> list[int]:
     """The paper's layers 4-6 of 32 at the same relative depth in an `n`-layer model."""
     return sorted({min(n - 1, layer * n // PAPER_DEPTH) for layer in PAPER_LAYERS})
-
-
-def down_projection(model: nn.Module, layer: int) -> nn.Module:
-    """The down-projection (the MLP's output matrix) of decoder layer `layer`."""
-    _, mlp = feed_forward(decoder_layers(model)[layer])
-    for name in DOWN_PROJ_NAMES:
-        module = getattr(mlp, name, None)
-        if isinstance(module, nn.Module) and getattr(module, "weight", None) is not None:
-            return module
-    raise ConfigError(f"rocr: layer {layer}'s {type(mlp).__name__} has no down-projection named "
-                      f"{' / '.join(DOWN_PROJ_NAMES)}")
-
-
-def _weight_out_in(module: nn.Module) -> torch.Tensor:
-    """The weight as (out = d, in = m): nn.Linear stores it so, GPT-2's Conv1D transposed."""
-    return module.weight if isinstance(module, nn.Linear) else module.weight.T
 
 
 # -- locating the subject ----------------------------------------------------------------------------
@@ -216,7 +198,7 @@ def retain_second_moment(model, tokenizer, retain: Sequence, layer: int, batch_s
     encoded, _ = encode_items(tokenizer, list(retain), max_length=max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model_device(model)
-    m = _weight_out_in(down_projection(model, layer)).shape[1]
+    m = down_projection_weight(down_projection(model, layer)).shape[1]
     acc, n = torch.zeros(m, m, dtype=torch.float64), 0
     for s in range(0, len(encoded), batch_size):
         batch = collate(encoded[s:s + batch_size], pad)
@@ -304,7 +286,7 @@ class ROCR(Method):
                 weight.add_(step.to(weight.dtype).to(weight.device))
             rows.append({"layer": layer, "rank": int(torch.linalg.matrix_rank(delta)),
                          "delta_norm": float(delta.norm()),
-                         "weight_norm": float(_weight_out_in(module).detach().norm()),
+                         "weight_norm": float(down_projection_weight(module).detach().norm()),
                          "null_space_dim": null_dim, "key_dim": int(delta.shape[1]), "retain_tokens": n_tokens,
                          "projected_key_share": float((proj @ keys.T).norm() / keys.norm().clamp(min=1e-12))})
         _, h_after = subject_states(model, tokenizer, prompts, z_layer, None, cfg.batch_size)
