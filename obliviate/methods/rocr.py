@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -291,9 +292,15 @@ class ROCR(Method):
                          "projected_key_share": float((proj @ keys.T).norm() / keys.norm().clamp(min=1e-12))})
         _, h_after = subject_states(model, tokenizer, prompts, z_layer, None, cfg.batch_size)
         model.train(was_training)
+        empty = [r["layer"] for r in rows if r["null_space_dim"] == 0]
+        note = None
+        if empty:
+            note = (f"the retain keys leave no null space at layer(s) {empty} (threshold {cfg.nullspace_threshold} "
+                    "× the largest eigenvalue): nothing was edited there; raise nullspace_threshold or set it to 0")
+            warnings.warn(f"rocr: {note}", stacklevel=2)
         gap = lambda h: float((z - h).norm(dim=1).mean())  # noqa: E731
         final = {"subjects": len(prompts), "redirect_to": concept, "layers": layers,
-                 "residual_before": gap(h_before), "residual_after": gap(h_after)}
+                 "residual_before": gap(h_before), "residual_after": gap(h_after), "note": note}
         write_json(out_dir / "edit.json", {"method": self.name, "l2": cfg.l2,
                                            "nullspace_threshold": cfg.nullspace_threshold, **final,
                                            "subject_names": list(prompts), "per_layer": rows})
