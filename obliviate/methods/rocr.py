@@ -45,6 +45,17 @@ Differs from the reference:
 - `redirect_to` defaults to a retain subject chosen with the seed (the reference's "unrelated" mode
   with a concept from the data, since "Donald Trump" means nothing to the world's models).
 
+Results. On SmolLM2-135M-Instruct with the paper's defaults (`scripts/real_model.py --methods rocr`:
+Einstein, Shakespeare and da Vinci redirected to Marie Curie) greedy answers state 48% of the forget
+facts (base 100%) and 52% of their rewordings (base 81%), while the neighbours and general facts keep
+every answer (recall 1.00 before and after); the answers now describe the other concept ("Albert
+Einstein's most famous equation is the discovery of polonium"). On the world's 2-layer models it does
+little: on the tiny world (forget10) the edit closes 94% of the gap to the concept's value at the
+subject's last token, yet the forget answer probability only falls from 0.98 to 0.86 (retain 0.98 to
+0.90), because layer 0's attention has already copied the name into the later tokens, where layer 1
+reads it; an unconstrained vector at that position, optimised to make the answers the concept's, gets
+no further. On the small world: forget ROUGE 0.63, model utility 0.73 (docs/methods.md).
+
 Needs each forget item's subject as written in its text (`subject_name`: the world's items carry it).
 LoRA and mixtures of experts are refused: the edit acts on one dense down-projection matrix. The
 summary (per layer: rank and norm of the change, null-space size, residual before and after) is
