@@ -134,6 +134,7 @@ def test_cli_intrinsic_suite_needs_a_reference(tmp_path, monkeypatch, capsys, ti
     forget = tmp_path / "f.jsonl"
     forget.write_text(json.dumps({"question": "Where was Mara Lind born?", "answer": "Oslo",
                                   "subject": "Mara Lind"}) + "\n")
+    capsys.readouterr()  # what saving the model printed
     code, _, err = run_cli(["eval", str(model_dir), "--suite", "intrinsic", "--forget", str(forget), "--retain",
                             str(forget), "--out", str(tmp_path / "o")], monkeypatch, capsys)
     assert_one_line_error(code, err, "--reference-model")
