@@ -138,3 +138,14 @@ def test_cli_intrinsic_suite_needs_a_reference(tmp_path, monkeypatch, capsys, ti
     code, _, err = run_cli(["eval", str(model_dir), "--suite", "intrinsic", "--forget", str(forget), "--retain",
                             str(forget), "--out", str(tmp_path / "o")], monkeypatch, capsys)
     assert_one_line_error(code, err, "--reference-model")
+
+
+def test_a_mixture_of_experts_gets_cka_and_a_note_instead_of_traces(tiny_tokenizer):
+    from tests.conftest import make_tiny_mixtral
+
+    forget = [QAItem("Where was Mara Lind born?", "Oslo", subject="Mara Lind")] * 3
+    retain = [QAItem("Where was Alice born?", "Rome", subject="Alice"), QAItem("Where was Bob born?", "London")]
+    model = make_tiny_mixtral()
+    result = Intrinsic(model, tiny_tokenizer, forget, retain).measure(model)
+    assert result.aggregates["trace_cosine/forget"] is None and "not applicable" in result.notes[0]
+    assert result.aggregates["cka/retain"] == pytest.approx(1.0)

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from obliviate.data.schema import QAItem, subject_name
+from obliviate.errors import ConfigError
 from obliviate.models.generation import hidden_states
 from obliviate.models.layers import decoder_layers, down_projection, down_projection_weight
 from obliviate.models.prompts import encode_prompts, format_of
@@ -113,7 +114,7 @@ def unembedding(model: nn.Module) -> torch.Tensor:
     """E (V × d), the output embedding."""
     head = model.get_output_embeddings()
     if head is None:
-        raise ValueError("no output embedding")
+        raise ConfigError(f"{type(model).__name__} has no output embedding to project value vectors with")
     return head.weight.detach().float()
 
 
@@ -227,11 +228,15 @@ class Intrinsic:
         drop = common_tokens(tokenizer, retain, cfg.common_tokens)
         tokens = lambda group: {c: concept_tokens(tokenizer, c, its, drop) for c, its in group.items()}  # noqa: E731
         ref = parameters_of(reference)
-        self.traces = {"forget": locate_traces(ref, tokens(forget_concepts), cfg.n_vectors),
-                       "retain": locate_traces(ref, tokens(retain_concepts), cfg.n_vectors)}
+        self.trace_note: str | None = None
+        try:
+            self.traces = {"forget": locate_traces(ref, tokens(forget_concepts), cfg.n_vectors),
+                           "retain": locate_traces(ref, tokens(retain_concepts), cfg.n_vectors)}
+        except ConfigError as exc:  # no dense down-projection (a mixture of experts) or no output embedding
+            self.traces, self.trace_note = {"forget": [], "retain": []}, f"traces: not applicable ({exc})"
         self.states = {"forget": question_states(reference, tokenizer, self.forget, cfg.batch_size),
                        "retain": question_states(reference, tokenizer, self.retain, cfg.batch_size)}
-        self.shape = (unembedding(ref).shape, len(decoder_layers(ref)))
+        self.shape = (unembedding(ref).shape, len(decoder_layers(ref))) if self.trace_note is None else None
 
     def measure(self, model: nn.Module) -> IntrinsicResult:
         """trace_cosine, trace_score and CKA of `model` against the reference, on forget and retain."""
@@ -241,11 +246,14 @@ class Intrinsic:
         per_layer: dict[str, list[float]] = {}
         notes: list[str] = []
         params = parameters_of(model)
-        same_shape = (unembedding(params).shape, len(decoder_layers(params))) == self.shape
+        same_shape = self.trace_note is None and \
+            (unembedding(params).shape, len(decoder_layers(params))) == self.shape
         for group, traces in self.traces.items():
             cos, score = trace_measures(params, traces) if same_shape and traces else (None, None)
             aggregates[f"trace_cosine/{group}"], aggregates[f"trace_score/{group}"] = cos, score
-        if not same_shape:
+        if self.trace_note is not None:
+            notes.append(self.trace_note)
+        elif not same_shape:
             notes.append("traces: the model's vocabulary or depth differs from the reference's; not comparable")
         elif isinstance(model, InterventionModel):
             notes.append("traces: an inference-time method leaves the weights frozen, so its traces are the "
