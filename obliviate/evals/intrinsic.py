@@ -29,7 +29,8 @@ R, the model unlearning started from (the world's target):
 
 Where a number does not apply, it is None with a note: the traces of an inference-time method's
 model are the frozen model's own (trace_cosine 1 by construction, said so); a model that returns no
-hidden states has no CKA; a model whose vocabulary or depth differs from R's has neither.
+hidden states has no CKA; a model whose vocabulary or depth differs from R's has no traces, and
+neither has a mixture of experts (no single down-projection per layer).
 
 Differs from the reference: ConceptVectors picks its concept vectors by hand from LLaMA-2 and OLMo
 after an automatic vocabulary-projection filter, and validates them by ablation; here the selection
