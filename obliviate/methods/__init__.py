@@ -38,6 +38,7 @@ from obliviate.methods.npo import NPO
 from obliviate.methods.pdu import PDU
 from obliviate.methods.random_label import RandomLabel
 from obliviate.methods.rmu import RMU
+from obliviate.methods.rocr import ROCR
 from obliviate.methods.satimp import SatImp
 from obliviate.methods.simnpo import SimNPO
 from obliviate.methods.snap import SNAP
@@ -82,6 +83,7 @@ _TABLE: tuple[type[Method], ...] = (
     WAGLE,
     NeuronAdjust,
     KeySpaceDetection,
+    ROCR,
 )
 # Labelled variants listed beside the paper's methods (the forms earlier tables reported).
 _VARIANTS: tuple[str, ...] = ("spul+gate", "icul+gate", "prompt+gate")
