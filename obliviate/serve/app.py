@@ -31,8 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from obliviate.errors import ObliviateError
 from obliviate.serve.auth import KeyStore
 from obliviate.serve.config import ServeConfig
-from obliviate.serve.engine import Engine
 from obliviate.serve.enforcement import Enforcement
+from obliviate.serve.engine import Engine
 
 log = logging.getLogger("obliviate.serve")
 
