@@ -77,6 +77,7 @@ class LiveClassifier:
     names: set[str] = field(default_factory=set)
     refs: np.ndarray | None = None  # (n, d), unit rows
     _pattern: re.Pattern | None = None
+    _memo: dict[str, float] = field(default_factory=dict)  # text -> score, for the reference set as it is now
 
     def add(self, names: Sequence[str], prompts: Sequence[str]) -> None:
         """Protect `names` and add `prompts` to the reference set (a new object's state, swapped in whole)."""
@@ -86,6 +87,7 @@ class LiveClassifier:
         prompts = [p for p in prompts if p.strip()]
         if prompts:
             x = self._encode(prompts)
+            self._memo = {}
             self.refs = x if self.refs is None else np.vstack([self.refs, x])
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -94,9 +96,15 @@ class LiveClassifier:
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
         """Highest cosine similarity of each text with a reference prompt (0 without any)."""
-        if self.refs is None or not len(texts):
+        memo, refs = self._memo, self.refs  # the memo first: a newer memo never holds older scores
+        if refs is None or not len(texts):
             return np.zeros(len(texts))
-        return (self._encode(texts) @ self.refs.T).max(-1)
+        todo = list(dict.fromkeys(t for t in texts if t not in memo))
+        if todo:
+            if len(memo) > 10_000:
+                memo.clear()
+            memo.update(zip(todo, (self._encode(todo) @ refs.T).max(-1).tolist(), strict=True))
+        return np.array([memo[t] for t in texts])
 
     def flags(self, texts: Sequence[str]) -> np.ndarray:
         named = np.array([bool(self._pattern and self._pattern.search(t)) for t in texts], dtype=bool)

@@ -1,0 +1,206 @@
+"""Load test of `obliviate serve` on loopback: N streaming clients, the guard's overhead, the time to enforce.
+
+Starts `obliviate serve --config examples/serve-world.yaml --no-worker` (the tiny world's model) in a
+temporary workdir, then runs three phases of N concurrent clients, each sending R streaming chat
+completions (questions about the subject to forget and about other people of the world, in turn):
+
+1. **plain**: nothing enforced yet, so no guard runs;
+2. **guard**: after `POST /v1/forget` of one subject's facts (the time to enforce is the server's
+   `enforce_seconds` and the client's round trip), with no worker running, so the ratio to phase 1
+   is the guard's own overhead;
+3. **guard + job**: the same load while `obliviate worker` unlearns that request in the background
+   (the figures the issue asks for "while a forget job runs"; the worker takes a core of its own).
+
+Prints p50 and p99 of the whole-response latency and of the time to the first token, the error count
+and the load average around each phase, then the ratios.
+
+    OMP_NUM_THREADS=1 OBLIVIATE_HOME=... python benchmarks/serve_load.py --clients 8 --requests 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SUBJECT = "p001"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def world_questions(n_other: int = 40):
+    """(the subject's name, its QA pairs, questions about others) of the tiny world's forget10 split."""
+    from obliviate.world import get_world
+
+    world = get_world("tiny", 0)
+    forget, retain = world.forget_set("forget10"), world.retain_set("forget10")
+    mine = [it for it in forget if it.subject == SUBJECT]
+    return mine[0].meta["subject_name"], mine, [it.question for it in retain[:n_other]]
+
+
+def pctl(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def one_client(client, url: str, key: str, questions: list[str], requests: int, out: dict) -> None:
+    for i in range(requests):
+        body = {"model": "world:tiny", "stream": True, "max_tokens": 16,
+                "messages": [{"role": "user", "content": questions[i % len(questions)]}]}
+        start = time.perf_counter()
+        first = None
+        try:
+            async with client.stream("POST", url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+                if r.status_code != 200:
+                    out["errors"] += 1
+                    await r.aread()
+                    continue
+                done = False
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if line == "data: [DONE]":
+                        done = True
+                        break
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        out["errors"] += 1
+                        break
+                    if first is None and chunk["choices"][0]["delta"].get("content"):
+                        first = time.perf_counter() - start
+            if not done:
+                out["errors"] += 1
+                continue
+        except Exception:  # a refused or broken connection counts as an error
+            out["errors"] += 1
+            continue
+        out["latency"].append(time.perf_counter() - start)
+        out["ttft"].append(first if first is not None else time.perf_counter() - start)
+
+
+async def phase(base: str, key: str, questions: list[str], clients: int, requests: int) -> dict:
+    import httpx
+
+    out = {"latency": [], "ttft": [], "errors": 0, "load_before": os.getloadavg()}
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(one_client(client, "/v1/chat/completions", key, questions[c:] + questions[:c],
+                                          requests, out) for c in range(clients)))
+        out["seconds"] = time.perf_counter() - start
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+def report(name: str, r: dict) -> str:
+    ms = lambda v: f"{1000 * v:.0f} ms"  # noqa: E731
+    load = " ".join(f"{x:.2f}" for x in r["load_before"]) + " → " + " ".join(f"{x:.2f}" for x in r["load_after"])
+    return (f"{name:12s} n={len(r['latency'])} errors={r['errors']} latency p50 {ms(pctl(r['latency'], 50))} "
+            f"p99 {ms(pctl(r['latency'], 99))} · first token p50 {ms(pctl(r['ttft'], 50))} "
+            f"p99 {ms(pctl(r['ttft'], 99))} · {len(r['latency']) / r['seconds']:.1f} req/s · load {load}")
+
+
+def wait_ready(base: str, key: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the server did not come up")
+
+
+def main() -> None:
+    import httpx
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=10, help="requests per client per phase")
+    parser.add_argument("--config", default=str(ROOT / "examples" / "serve-world.yaml"))
+    parser.add_argument("--no-job", action="store_true", help="skip the phase with a worker running")
+    args = parser.parse_args()
+
+    from obliviate.serve.auth import add_key
+
+    name, items, others = world_questions()
+    mine = [it.question for it in items]
+    questions = [q for pair in zip(others, mine * 4, strict=False) for q in pair]  # half about the subject
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    config = yaml.safe_load(Path(args.config).read_text())
+    port = free_port()
+    config.update(workdir=str(tmp / "state"), api_keys=str(tmp / "keys.yaml"), port=port)
+    config["database"] = "sqlite:///{workdir}/ledger.db"
+    (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
+    admin, client = add_key(tmp / "keys.yaml", "admin"), add_key(tmp / "keys.yaml", "client")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "obliviate", "serve", "--config", str(tmp / "serve.yaml"),
+                               "--no-worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = None
+    try:
+        wait_ready(base, client, server)
+        print(f"{os.cpu_count()} CPUs, {args.clients} clients × {args.requests} streaming requests per phase, "
+              f"max_tokens 16; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        asyncio.run(phase(base, client, questions, 2, 2))  # warm-up, not reported
+        plain = asyncio.run(phase(base, client, questions, args.clients, args.requests))
+        print(report("plain", plain))
+        body = {"subject": name, "items": [{"question": it.question, "answer": it.answer} for it in items],
+                "requester": "benchmark", "legal_basis": "load test"}
+        start = time.perf_counter()
+        filed = httpx.post(f"{base}/v1/forget", json=body, headers={"Authorization": f"Bearer {admin}"}, timeout=60)
+        round_trip = time.perf_counter() - start
+        filed.raise_for_status()
+        print(f"time to enforce: {filed.json()['enforce_seconds']:.3f} s in the server, {round_trip:.3f} s round trip "
+              f"({len(items)} QA pairs)")
+        guarded = asyncio.run(phase(base, client, questions, args.clients, args.requests))
+        print(report("guard", guarded))
+        print(f"guard overhead: p50 {pctl(guarded['latency'], 50) / pctl(plain['latency'], 50):.2f}×, "
+              f"p99 {pctl(guarded['latency'], 99) / pctl(plain['latency'], 99):.2f}×")
+        if not args.no_job:
+            worker = subprocess.Popen([sys.executable, "-m", "obliviate", "worker", "--config",
+                                       str(tmp / "serve.yaml")], env=env, stdout=log, stderr=subprocess.STDOUT)
+            time.sleep(3)
+            busy = asyncio.run(phase(base, client, questions, args.clients, args.requests))
+            state = httpx.get(f"{base}/v1/forget/{filed.json()['id']}",
+                              headers={"Authorization": f"Bearer {admin}"}).json()["state"]
+            print(report("guard + job", busy) + f" · request state at the end: {state}")
+        total = plain["errors"] + guarded["errors"] + (busy["errors"] if worker else 0)
+        print(f"errors in all phases: {total}")
+    finally:
+        for proc in (worker, server):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
