@@ -18,7 +18,8 @@ from obliviate.cli.app import app, console, err_console, show_warnings
 from obliviate.errors import ObliviateError
 
 # registered in this order, which is the order of `obliviate --help`
-for _module in ("catalog", "compat", "attack", "bench", "stats", "labels", "run", "rerun", "world", "models", "serve"):
+for _module in ("catalog", "compat", "attack", "bench", "stats", "labels", "run", "rerun", "world", "models", "ledger",
+                "serve"):
     importlib.import_module(f"obliviate.cli.{_module}")
 
 __all__ = ["app", "console", "main"]

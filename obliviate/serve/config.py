@@ -56,6 +56,7 @@ class GatesConfig(_Strict):
     attack_recovery_max: float | None = Field(None, description="the most recovery any configured attack may show")
     attacks: list[str] = Field(default_factory=list, description="attacks run against the candidate")
     utility_drop_max: float = Field(0.1, description="the most the retain utility may fall below the live model's")
+    retain_items: int = Field(40, gt=0, description="how many retain items (the first ones) utility is measured on")
 
 
 class ServeConfig(_Strict):

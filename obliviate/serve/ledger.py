@@ -35,8 +35,8 @@ from obliviate.serve.schema import HeadRow, ItemRow, JobRow, ModelRow, RecordRow
 STATES = ("received", "enforced", "unlearning", "verifying", "durable", "needs_review")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-__all__ = ["STATES", "ActiveModel", "ChainReport", "ForgetItem", "Job", "JobLost", "Ledger", "NotFound",
-           "RequestRecord", "Transition"]
+__all__ = ["STATES", "ActiveModel", "ChainReport", "Conflict", "ForgetItem", "Job", "JobLost", "Ledger", "NotFound",
+           "RequestRecord", "Transition", "open_ledger"]
 
 
 class NotFound(ObliviateError, KeyError):
@@ -46,6 +46,10 @@ class NotFound(ObliviateError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class Conflict(ObliviateError):
+    """Another adapter was published since this candidate was trained from the served one."""
 
 
 class JobLost(ObliviateError):
@@ -270,13 +274,21 @@ class Ledger:
             return None
         return ActiveModel(row.version, Path(row.adapter_dir), row.adapter_sha256, json.loads(row.request_ids))
 
-    def publish(self, adapter_dir: Path, adapter_sha256: str, request_ids: list[str]) -> int:
-        """Make the adapter at `adapter_dir` the served one (after its gates passed); returns its version."""
+    def publish(self, adapter_dir: Path, adapter_sha256: str, request_ids: list[str], *,
+                expect_version: int | None = -1) -> int:
+        """Make the adapter at `adapter_dir` the served one (after its gates passed); returns its version.
+
+        `expect_version`: the version the candidate was trained to replace (None: the base model); when
+        another was published since, `Conflict` is raised and nothing is published. -1 skips the check.
+        """
         at = now()
         with self._session() as session:
             head = session.execute(select(HeadRow).where(HeadRow.id == 1).with_for_update()).scalar_one()
             del head  # locked: versions are numbered under the same lock as the chain
             last = session.execute(select(ModelRow.version).order_by(ModelRow.version.desc()).limit(1)).scalar()
+            if expect_version != -1 and last != expect_version:
+                raise Conflict(f"model version {last} was published since the candidate was trained from "
+                               f"{'the base model' if expect_version is None else f'version {expect_version}'}")
             version = (last or 0) + 1
             session.add(ModelRow(version=version, adapter_dir=str(adapter_dir), adapter_sha256=adapter_sha256,
                                  request_ids=json.dumps(list(request_ids)), published_at=at))
@@ -343,6 +355,12 @@ class Ledger:
             seq, reason = problem
             return ChainReport(False, len(records), seq, reason)
         return report
+
+
+def open_ledger(config) -> Ledger:
+    """The ledger a deployment config (`ServeConfig`) names, its work directory created."""
+    Path(config.workdir).mkdir(parents=True, exist_ok=True)
+    return Ledger(config.database_url, stale_after=config.stale_after)
 
 
 def _cross_check(session: Session, records: list[RecordRow]) -> tuple[int | None, str] | None:
