@@ -81,6 +81,14 @@ class Server:
         self.log.close()
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def ask(base: str, key: str, question: str) -> str:
     r = httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
                    json={"model": "world:tiny", "messages": [{"role": "user", "content": question}]})
@@ -148,12 +156,16 @@ def test_server_killed_while_filing_loses_nothing_and_rebuilds_the_guard_first(w
                     return
 
         thread = threading.Thread(target=file_more)
+        workers = server.children()
+        assert len(workers) == 1
         thread.start()
         time.sleep(0.3)
         server.kill9()  # the worker, its child, gets SIGTERM from the kernel (PR_SET_PDEATHSIG)
         thread.join(30)
-        time.sleep(1)
-        assert not server.children()
+        deadline = time.time() + 10
+        while alive(workers[0]) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not alive(workers[0])  # no orphaned worker goes on with the job
 
         server = Server(config, log)
         server.wait_listening()
