@@ -49,6 +49,12 @@ def test_bad_config_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
                    "{forget_max: {forget_rogue: 0.4}}\n")
     code, _, err = run_cli(["worker", "--config", str(bad), "--once"], monkeypatch, capsys)
     assert_one_line_error(code, err, "forget_rogue", "did you mean 'forget_rouge'")
+    for durable, fragment in (("{method: guard, retain: world:forget10}", "inference-time method"),
+                              ("{lora: null, retain: world:forget10}", "durable.lora"),
+                              ("{lora: {rank: 8}, retain: world:forget10}", "rank")):
+        bad.write_text(f"model: world:tiny\ndurable: {durable}\napi_keys: k\nworkdir: w\n")
+        code, _, err = run_cli(["worker", "--config", str(bad), "--once"], monkeypatch, capsys)
+        assert_one_line_error(code, err, fragment)
     code, _, err = run_cli(["ledger", "verify", "--config", str(tmp_path / "none.yaml")], monkeypatch, capsys)
     assert_one_line_error(code, err, "none.yaml", "no such config file")
     bad.write_text("model: world:tiny\ndurable: {retain: world:forget10}\napi_keys: k\nworkdir: w\nport: high\n")

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from obliviate.errors import ConfigError
+from obliviate.errors import ConfigError, NotFound
 from obliviate.serve.config import load_config
-from obliviate.serve.ledger import STATES, ForgetItem, Job, JobLost, Ledger, NotFound
+from obliviate.serve.ledger import STATES, ForgetItem, Job, JobLost, Ledger
 
 ITEMS = [ForgetItem("Where was Ann born?", "Ann was born in Oslo."), ForgetItem(text="Ann's address is 3 Elm Road.")]
 
@@ -75,6 +75,18 @@ def test_requests_newest_first_and_enforced_set(ledger):
     assert [rid for rid, _ in ledger.enforced(keep_after_durable=True)] == [first, second]
     assert ledger.enforced()[0][1] == ITEMS
     assert ledger.durable_ids() == [first]
+
+
+def test_publish_refuses_a_candidate_overtaken_by_another(ledger, tmp_path):
+    from obliviate.serve.ledger import Conflict
+
+    first, second = file(ledger, "Ann"), file(ledger, "Bob")
+    assert ledger.publish(tmp_path / "a1", "a" * 64, [first], expect_version=None) == 1
+    with pytest.raises(Conflict, match="version 1 was published since"):  # trained from the base, like a1
+        ledger.publish(tmp_path / "a2", "b" * 64, [second], expect_version=None)
+    assert ledger.active_model().version == 1
+    assert ledger.publish(tmp_path / "a3", "c" * 64, [first, second], expect_version=1) == 2
+    assert ledger.verify().ok
 
 
 def test_publish_and_active_model(ledger, tmp_path):

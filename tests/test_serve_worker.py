@@ -112,3 +112,74 @@ def test_an_impossible_gate_leaves_the_request_for_review_and_publishes_nothing(
     assert evidence["items"][0]["answer"] == facts[0].answer  # store_texts: the texts are kept
     assert ledger.enforced() == [(rid, ledger.items(rid))]  # the guard stays on
     assert ledger.verify().ok
+
+
+class Died(BaseException):
+    """Raised in place of the worker process being killed (not an Exception: nothing catches it)."""
+
+
+def test_a_job_whose_worker_died_is_claimed_again_and_resumes_its_run(tmp_path, world_facts, monkeypatch):
+    import time
+
+    import obliviate.methods as methods
+    from obliviate.methods.npo import NPO
+
+    class DiesAtStep3(NPO):
+        calls = 0
+
+        def compute_loss(self, model, batch):
+            DiesAtStep3.calls += 1
+            if DiesAtStep3.calls == 3:
+                raise Died
+            return super().compute_loss(model, batch)
+
+    facts, _ = world_facts
+    config = deployment(tmp_path, GATES, stale_after=0.5)
+    config.durable.overrides["save_every"] = 1
+    ledger = open_ledger(config)
+    rid = file_request(ledger, facts)
+    real = methods.get_method
+    monkeypatch.setattr(methods, "get_method", lambda name: DiesAtStep3 if name == "npo" else real(name))
+    with pytest.raises(Died):
+        run_worker(config, once=True)
+    monkeypatch.setattr(methods, "get_method", real)
+    assert ledger.get(rid).state == "unlearning"
+    assert run_worker(config, once=True) == 0  # the dead worker's heartbeat is still fresh
+    time.sleep(0.6)
+    assert run_worker(config, once=True) == 1
+    record = ledger.get(rid)
+    assert record.state == "durable"
+    attempts = [t.detail["attempt"] for t in record.transitions if t.state == "unlearning"]
+    assert attempts == [1, 2] and record.evidence["attempt"] == 2
+    run_dirs = list((config.workdir / "runs").iterdir())
+    assert len(run_dirs) == 1  # the same run directory, resumed
+    summary = json.loads((run_dirs[0] / "config.json").read_text())["unlearn"]
+    assert summary["resumed_from"] == 2 and summary["steps"] == 5
+    assert ledger.verify().ok
+
+
+def test_a_stopped_worker_puts_its_job_back_at_once(tmp_path, world_facts, monkeypatch):
+    import obliviate.methods as methods
+    from obliviate.methods.npo import NPO
+
+    class StoppedAtStep2(NPO):
+        calls = 0
+
+        def compute_loss(self, model, batch):
+            StoppedAtStep2.calls += 1
+            if StoppedAtStep2.calls == 2:
+                raise KeyboardInterrupt
+            return super().compute_loss(model, batch)
+
+    facts, _ = world_facts
+    config = deployment(tmp_path, GATES)  # stale_after 60 s: only the release makes it claimable now
+    ledger = open_ledger(config)
+    rid = file_request(ledger, facts)
+    real = methods.get_method
+    monkeypatch.setattr(methods, "get_method", lambda name: StoppedAtStep2 if name == "npo" else real(name))
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(config, once=True)
+    monkeypatch.setattr(methods, "get_method", real)
+    assert ledger.jobs()[0]["state"] == "queued"
+    assert run_worker(config, once=True) == 1
+    assert ledger.get(rid).state == "durable" and ledger.get(rid).evidence["attempt"] == 2

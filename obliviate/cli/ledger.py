@@ -19,11 +19,17 @@ ConfigOpt = Annotated[Path, typer.Option("--config", help="the deployment's conf
 def worker(config: ConfigOpt,
            once: Annotated[bool, typer.Option("--once", help="process at most one job, then exit")] = False) -> None:
     """Claim forget requests' jobs from the ledger: unlearn, check the gates, write the evidence, publish."""
+    import signal
+
     from obliviate.serve.config import load_config
     from obliviate.serve.worker import run_worker
 
     deployment = load_config(config)
-    done = run_worker(deployment, once=once, log=lambda line: console.print(line, highlight=False))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C: the job is requeued
+    try:
+        done = run_worker(deployment, once=once, log=lambda line: console.print(line, highlight=False))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if once:
         console.print(f"{done} job{'s' if done != 1 else ''} processed", highlight=False)
 

@@ -55,6 +55,8 @@ class GatesConfig(_Strict):
                                          "request's items, e.g. forget_rouge: 0.4")
     attack_recovery_max: float | None = Field(None, description="the most recovery any configured attack may show")
     attacks: list[str] = Field(default_factory=list, description="attacks run against the candidate")
+    attack_overrides: dict[str, Any] = Field(default_factory=dict, description="the attacks' settings, "
+                                             "key: value or attack.key: value (`obliviate attack list`)")
     utility_drop_max: float = Field(0.1, description="the most the retain utility may fall below the live model's")
     retain_items: int = Field(40, gt=0, description="how many retain items (the first ones) utility is measured on")
 

@@ -119,10 +119,11 @@ def render_html(evidence: dict[str, Any]) -> str:
              "</table>"]
     gates = evidence.get("gates", {})
     parts.append(f"<h2>Gates: {_verdict(gates.get('passed'))}</h2><table><tr><th>gate</th><th>before (live)</th>"
-                 "<th>after (candidate)</th><th>bound</th><th>verdict</th></tr>")
+                 "<th>after (candidate)</th><th>held to the bound</th><th>bound</th><th>verdict</th></tr>")
     for check in gates.get("checks", []):
         parts.append(f"<tr><td>{_e(check.get('gate'))}</td><td>{_e(check.get('before'))}</td>"
-                     f"<td>{_e(check.get('after'))}</td><td>{_e(check.get('limit'))}</td>"
+                     f"<td>{_e(check.get('after'))}</td><td>{_e(check.get('value'))}</td>"
+                     f"<td>{_e(check.get('limit'))}</td>"
                      f"<td>{_verdict(check.get('passed'))}</td></tr>")
     parts.append("</table>")
     metrics = evidence.get("metrics", {})

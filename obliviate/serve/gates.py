@@ -94,13 +94,15 @@ def _text_probability(model, tokenizer, passages: Sequence, batch_size: int) -> 
 
 @dataclass
 class Check:
-    """One gate: the value before (live model) and after (candidate), its bound, and whether it passed."""
+    """One gate: the score before (live model) and after (candidate), the value held against the bound (the
+    score after, or the utility's drop), the bound, and whether it passed."""
 
     gate: str
     after: float | None
     limit: float
     passed: bool | None  # None: not applicable to this request's items
     before: float | None = None
+    value: float | None = None
 
 
 @dataclass
@@ -122,19 +124,20 @@ def check_gates(gates: GatesConfig, before: dict[str, float | None], after: dict
     for name, limit in gates.forget_max.items():
         value = after.get(name)
         checks.append(Check(f"{name} <= {limit}", value, limit, None if value is None else value <= limit,
-                            before.get(name)))
+                            before.get(name), value))
     live, candidate = before.get("utility"), after.get("utility")
     if live is not None and candidate is not None:
         drop = live - candidate
-        checks.append(Check(f"utility drop <= {gates.utility_drop_max}", drop, gates.utility_drop_max,
-                            drop <= gates.utility_drop_max, 0.0))
+        checks.append(Check(f"utility drop <= {gates.utility_drop_max}", candidate, gates.utility_drop_max,
+                            drop <= gates.utility_drop_max, live, drop))
     else:
-        checks.append(Check(f"utility drop <= {gates.utility_drop_max}", None, gates.utility_drop_max, False))
+        checks.append(Check(f"utility drop <= {gates.utility_drop_max}", candidate, gates.utility_drop_max, False,
+                            live))
     if gates.attack_recovery_max is not None:
         for name in gates.attacks:
             value = (recovery or {}).get(name)
             ok = value is not None and not math.isnan(value) and value <= gates.attack_recovery_max
             checks.append(Check(f"{name} recovery <= {gates.attack_recovery_max}", value, gates.attack_recovery_max,
-                                ok))
+                                ok, None, value))
     passed = all(c.passed is not False for c in checks) and any(c.passed for c in checks)
     return GateReport(passed, checks)

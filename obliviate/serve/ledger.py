@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session
 
-from obliviate.errors import ConfigError, ObliviateError
+from obliviate.errors import ConfigError, NotFound, ObliviateError
 from obliviate.serve import chain
 from obliviate.serve.chain import ChainReport, StoredRecord
 from obliviate.serve.schema import HeadRow, ItemRow, JobRow, ModelRow, RecordRow, RequestRow, now
@@ -37,15 +37,6 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 __all__ = ["STATES", "ActiveModel", "ChainReport", "Conflict", "ForgetItem", "Job", "JobLost", "Ledger", "NotFound",
            "RequestRecord", "Transition", "open_ledger"]
-
-
-class NotFound(ObliviateError, KeyError):
-    """No request with that id."""
-
-    exit_code = 1
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 class Conflict(ObliviateError):
@@ -323,6 +314,10 @@ class Ledger:
         """Mark the job done (its request is durable or needs review); JobLost when it was claimed again."""
         at = now()
         self._touch(job, state="done", heartbeat_at=at, finished_at=at)
+
+    def release_job(self, job: Job) -> None:
+        """Put a job its worker is stopping back in the queue (claimable at once; its next attempt resumes)."""
+        self._touch(job, state="queued", worker=None, heartbeat_at=None)
 
     def _touch(self, job: Job, **values: Any) -> None:
         with self._session() as session:

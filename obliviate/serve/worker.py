@@ -14,7 +14,11 @@ For each job (`Worker.process`), the request moves `unlearning` -> `verifying` -
    publishes nothing.
 
 While a job runs, a thread sends the ledger a heartbeat every `stale_after / 4` seconds. A worker that was
-presumed dead (its job claimed again by another) learns it at the next heartbeat and never publishes.
+presumed dead (its job claimed again by another) learns it at the next heartbeat and never publishes. A
+worker that is stopped (Ctrl-C, SIGTERM) puts its job back in the queue at once; one that is killed leaves it
+to be claimed again once its heartbeat is `stale_after` seconds old. Either way the next attempt resumes the
+run from its last checkpoint when the method checkpoints (`durable.overrides: {save_every: N}`), else
+trains it again from the start.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ class Worker:
     def __init__(self, config: ServeConfig, ledger: Ledger | None = None, name: str | None = None,
                  progress: bool = False) -> None:
         gate_checks.check_config(config.gates)
+        check_durable(config)
         self.config = config
         self.ledger = ledger or open_ledger(config)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -177,6 +182,7 @@ class Worker:
             if not report.passed:
                 self._record(rid, evidence)
                 self.ledger.transition(rid, "needs_review", failed=report.failed())
+                shutil.rmtree(self._job_dir(rid), ignore_errors=True)
                 return "needs_review"
             try:
                 version = self.ledger.publish(adapter_dir, adapter_sha, [*already, rid],
@@ -256,7 +262,8 @@ class Worker:
         facts = _write_rows(self._job_dir(rid) / "facts.jsonl",
                             [_row(it, False) for it in qa])
         retain_file, _, _ = self._retain_data()
-        report = attack(run, list(gates.attacks), forget=facts, retain=retain_file, progress=self.progress)
+        report = attack(run, list(gates.attacks), forget=facts, retain=retain_file, overrides=gates.attack_overrides,
+                        progress=self.progress)
         return {name: report.recovery(name) for name in gates.attacks}
 
     def _base_evidence(self, job: Job) -> dict[str, Any]:
@@ -281,6 +288,25 @@ class Worker:
             "base_model": self.config.model,
             "published_version": None,
         }
+
+
+def check_durable(config: ServeConfig) -> None:
+    """Refuse, before any work, a durable method that makes no adapter the server can swap in."""
+    from obliviate.methods import get_method
+
+    cls = get_method(config.durable.method)
+    if getattr(cls, "produces", "weights") == "intervention":
+        raise ConfigError(f"durable.method {config.durable.method!r}: an inference-time method, it changes no "
+                          "weights; give a weight method such as npo")
+    if config.durable.lora is None:
+        raise ConfigError("durable.lora: the server swaps in adapters, not full weights; give LoRA settings, "
+                          "e.g. {r: 8, alpha: 16}")
+    from obliviate.api import LoRA
+
+    try:
+        LoRA(**config.durable.lora)
+    except TypeError as exc:
+        raise ConfigError(f"durable.lora: {exc}") from None
 
 
 def _retain_row(item) -> dict[str, str]:
@@ -338,6 +364,12 @@ def serve_jobs(ledger: Ledger, process: Callable[[Job], Any], *, worker: str, on
                 state = process(job)
             except JobLost as exc:
                 state = f"abandoned ({exc})"
+            except KeyboardInterrupt:  # stopped (Ctrl-C, or SIGTERM from `obliviate worker`): requeue it now
+                try:
+                    ledger.release_job(job)
+                except JobLost:
+                    pass
+                raise
             done += 1
             if log:
                 log(f"request {job.request_id}: {state}")
