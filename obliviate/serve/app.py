@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from obliviate.errors import ObliviateError
+from obliviate.errors import NotFound, ObliviateError
 from obliviate.serve.auth import KeyStore
 from obliviate.serve.config import ServeConfig
 from obliviate.serve.enforcement import Enforcement
@@ -82,10 +82,9 @@ class Service:
 def build_service(config: ServeConfig, engine: Engine | None = None, ledger: Any = None) -> Service:
     """The service for `config`: the model loaded (unless given), the ledger opened, the guard rebuilt."""
     from obliviate.serve.enforcement import retain_items
-    from obliviate.serve.ledger import Ledger
+    from obliviate.serve.ledger import open_ledger
 
-    config.workdir.mkdir(parents=True, exist_ok=True)
-    ledger = ledger or Ledger(config.database_url, stale_after=config.stale_after)
+    ledger = ledger or open_ledger(config)
     engine = engine or Engine.load(config.model, config.prompt)
     enforcement = Enforcement(engine.base, engine.tokenizer, config.guard.method, config.guard.settings,
                               retain_items(config))
@@ -152,7 +151,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ObliviateError)
     async def _ours(request: Request, exc: ObliviateError) -> JSONResponse:
-        return error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return error(404, line, "not_found_error") if isinstance(exc, NotFound) else error(400, line)
 
     @app.exception_handler(Exception)
     async def _other(request: Request, exc: Exception) -> JSONResponse:
