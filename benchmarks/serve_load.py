@@ -117,6 +117,37 @@ def report(name: str, r: dict) -> str:
             f"p99 {ms(pctl(r['ttft'], 99))} · {len(r['latency']) / r['seconds']:.1f} req/s · load {load}")
 
 
+def inprocess_overhead(config_path: str, name: str, items, questions: list[str], rounds: int = 5,
+                       per: int = 24) -> str:
+    """The guard's own cost, one request at a time in this process: blocks of `per` greedy answers with and
+    without the guard, alternating for `rounds` rounds so that the machine's drift hits both alike."""
+    from obliviate.serve.config import load_config
+    from obliviate.serve.enforcement import Enforcement, retain_items
+    from obliviate.serve.engine import Engine, Sampling
+
+    cfg = load_config(config_path)
+    engine = Engine.load(cfg.model, cfg.prompt)
+    guard = Enforcement(engine.base, engine.tokenizer, cfg.guard.method, cfg.guard.settings, retain_items(cfg))
+    guard.warm()
+    guard.add("bench", name, items)
+    prompts = [engine.chat_ids([{"role": "user", "content": q}]) for q in questions[:per]]
+    seconds = {"plain": [], "guard": []}
+    per_token = {"plain": [], "guard": []}
+    for _ in range(rounds):
+        for mode, intervention in (("plain", None), ("guard", guard.current())):
+            for ids in prompts:
+                start = time.perf_counter()
+                _, outcome = engine.complete(ids, Sampling(16, stop=engine.chat_stops()), intervention)
+                seconds[mode].append(time.perf_counter() - start)
+                per_token[mode].append(seconds[mode][-1] / (outcome.completion_tokens + 1))
+    med = {k: float(np.median(v)) for k, v in seconds.items()}
+    tok = {k: float(np.median(v)) for k, v in per_token.items()}
+    return (f"in-process, one request at a time ({rounds} alternating rounds × {per} prompts each way): median "
+            f"{1000 * med['plain']:.1f} ms plain, {1000 * med['guard']:.1f} ms guarded = "
+            f"{med['guard'] / med['plain']:.2f}×; "
+            f"per generated token {tok['guard'] / tok['plain']:.2f}×")
+
+
 def wait_ready(base: str, key: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     import httpx
 
@@ -148,6 +179,8 @@ def main() -> None:
     name, items, others = world_questions()
     mine = [it.question for it in items]
     questions = [q for pair in zip(others, mine * 4, strict=False) for q in pair]  # half about the subject
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(inprocess_overhead(args.config, name, items, questions))
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     config = yaml.safe_load(Path(args.config).read_text())
     port = free_port()
@@ -164,7 +197,7 @@ def main() -> None:
     try:
         wait_ready(base, client, server)
         print(f"{os.cpu_count()} CPUs, {args.clients} clients × {args.requests} streaming requests per phase, "
-              f"max_tokens 16; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+              f"max_tokens 16")
         asyncio.run(phase(base, client, questions, 2, 2))  # warm-up, not reported
         plain = asyncio.run(phase(base, client, questions, args.clients, args.requests))
         print(report("plain", plain))
@@ -183,11 +216,14 @@ def main() -> None:
         if not args.no_job:
             worker = subprocess.Popen([sys.executable, "-m", "obliviate", "worker", "--config",
                                        str(tmp / "serve.yaml")], env=env, stdout=log, stderr=subprocess.STDOUT)
-            time.sleep(3)
+            status = lambda: httpx.get(f"{base}/v1/forget/{filed.json()['id']}",  # noqa: E731
+                                       headers={"Authorization": f"Bearer {admin}"}).json()["state"]
+            deadline = time.time() + 300
+            while status() == "enforced" and time.time() < deadline:  # until the worker is training
+                time.sleep(0.2)
+            start_state = status()
             busy = asyncio.run(phase(base, client, questions, args.clients, args.requests))
-            state = httpx.get(f"{base}/v1/forget/{filed.json()['id']}",
-                              headers={"Authorization": f"Bearer {admin}"}).json()["state"]
-            print(report("guard + job", busy) + f" · request state at the end: {state}")
+            print(report("guard + job", busy) + f" · request {start_state} at the start, {status()} at the end")
         total = plain["errors"] + guarded["errors"] + (busy["errors"] if worker else 0)
         print(f"errors in all phases: {total}")
     finally:

@@ -7,7 +7,8 @@ is loaded beside the old one with peft (`load_adapter`), made active (`set_adapt
 deleted, so a swap costs the adapter's size, not the model's.
 
 Decoding (`tokens`) is the loop of `InterventionModel.generate` for one row, written out so each
-token can be streamed as it comes: the guard's logits processors, then greedy argmax (temperature
+token can be streamed as it comes: the guard's logits processors (on a prompt the guard's classifier
+flags; any other prompt runs on the bare model, which is what GUARD and ECO do to it), then greedy argmax (temperature
 0 or unset) or sampling (temperature, top-p), stopping at the format's stop tokens, at a stop
 string, or after `max_tokens`.
 """
@@ -133,14 +134,15 @@ class Engine:
     @torch.inference_mode()
     def tokens(self, ids: Sequence[int], sampling: Sampling, intervention: Any, outcome: Outcome) -> Iterator[int]:
         """Generated token ids one by one (the caller holds `lock`); stop tokens are not yielded."""
-        run = intervention.wrap(self.model, self.tokenizer) if intervention is not None else self.model
         device = next(self.model.parameters()).device
         seq = torch.tensor([list(ids)], dtype=torch.long, device=device)
         mask = torch.ones_like(seq)
-        processors = intervention.generation_processors(run, seq, mask) if intervention is not None else []
-        outcome.guarded = any(getattr(p, "flags", [False])[0] for p in processors)
-        if intervention is not None and not processors:  # ECO: the corruption runs in the forward pass
-            outcome.guarded = bool(intervention.detector.flags(self.tokenizer, seq, mask)[0][0])
+        # GUARD and ECO leave a prompt their classifier does not flag untouched: run it on the bare model,
+        # without the wrapper's per-token cost.
+        flags = intervention.detector.flags(self.tokenizer, seq, mask)[0] if intervention is not None else [False]
+        outcome.guarded = bool(flags[0])
+        run = intervention.wrap(self.model, self.tokenizer) if outcome.guarded else self.model
+        processors = intervention.generation_processors(run, seq, mask) if outcome.guarded else []
         stops = set(self.stop_token_ids())
         generator = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.seed is not None else None
         step, past = seq, None
