@@ -1,20 +1,22 @@
 """Load test of `obliviate serve` on loopback: N streaming clients, the guard's overhead, the time to enforce.
 
-Starts `obliviate serve --config examples/serve-world.yaml --no-worker` (the tiny world's model) in a
-temporary workdir, then runs three phases of N concurrent clients, each sending R streaming chat
-completions (questions about the subject to forget and about other people of the world, in turn):
+First the guard's own cost in-process: one request at a time, blocks with and without the guard,
+alternating. Then two `obliviate serve --config examples/serve-world.yaml --no-worker` processes
+(the tiny world's model), each in a temporary workdir, and phases of N concurrent clients, each
+sending R streaming chat completions (questions about the subject to forget and about other people
+of the world, in turn):
 
-1. **plain**: nothing enforced yet, so no guard runs;
-2. **guard**: after `POST /v1/forget` of one subject's facts (the time to enforce is the server's
-   `enforce_seconds` and the client's round trip), with no worker running, so the ratio to phase 1
-   is the guard's own overhead;
-3. **guard + job**: the same load while `obliviate worker` unlearns that request in the background
-   (the figures the issue asks for "while a forget job runs"; the worker takes a core of its own).
+1. **plain** (the first server, never asked to forget: no guard runs) and **guard** (the second,
+   after `POST /v1/forget` of one subject's facts; the time to enforce is the server's
+   `enforce_seconds` and the client's round trip), alternating for `--rounds` rounds, no worker
+   running, so their ratio is the guard's overhead under load;
+2. **guard + job**: the same load on the second server while `obliviate worker` unlearns that
+   request (the figures the issue asks for "while a forget job runs"; the worker takes a core).
 
 Prints p50 and p99 of the whole-response latency and of the time to the first token, the error count
 and the load average around each phase, then the ratios.
 
-    OMP_NUM_THREADS=1 OBLIVIATE_HOME=... python benchmarks/serve_load.py --clients 8 --requests 10
+    OMP_NUM_THREADS=1 OBLIVIATE_HOME=... python benchmarks/serve_load.py --clients 8 --requests 10 --rounds 3
 """
 
 from __future__ import annotations
@@ -164,12 +166,33 @@ def wait_ready(base: str, key: str, proc: subprocess.Popen, timeout: float = 300
     raise SystemExit("the server did not come up")
 
 
+def start_server(tmp: Path, name: str, config: dict, env: dict) -> tuple[subprocess.Popen, str, Path]:
+    """`obliviate serve --no-worker` on a free port with its own workdir; (process, base URL, config path)."""
+    folder = tmp / name
+    folder.mkdir()
+    port = free_port()
+    path = folder / "serve.yaml"
+    path.write_text(yaml.safe_dump({**config, "workdir": str(folder / "state"), "api_keys": str(tmp / "keys.yaml"),
+                                    "port": port, "database": "sqlite:///{workdir}/ledger.db"}))
+    log = open(folder / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "obliviate", "serve", "--config", str(path), "--no-worker"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}", path
+
+
+def pooled(runs: list[dict]) -> dict:
+    return {"latency": [x for r in runs for x in r["latency"]], "ttft": [x for r in runs for x in r["ttft"]],
+            "errors": sum(r["errors"] for r in runs), "seconds": sum(r["seconds"] for r in runs),
+            "load_before": runs[0]["load_before"], "load_after": runs[-1]["load_after"]}
+
+
 def main() -> None:
     import httpx
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=10, help="requests per client per phase")
+    parser.add_argument("--requests", type=int, default=10, help="requests per client per phase and round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the plain and guard phases")
     parser.add_argument("--config", default=str(ROOT / "examples" / "serve-world.yaml"))
     parser.add_argument("--no-job", action="store_true", help="skip the phase with a worker running")
     args = parser.parse_args()
@@ -183,58 +206,61 @@ def main() -> None:
     print(inprocess_overhead(args.config, name, items, questions))
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     config = yaml.safe_load(Path(args.config).read_text())
-    port = free_port()
-    config.update(workdir=str(tmp / "state"), api_keys=str(tmp / "keys.yaml"), port=port)
-    config["database"] = "sqlite:///{workdir}/ledger.db"
-    (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
     admin, client = add_key(tmp / "keys.yaml", "admin"), add_key(tmp / "keys.yaml", "client")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    base = f"http://127.0.0.1:{port}"
-    log = open(tmp / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "obliviate", "serve", "--config", str(tmp / "serve.yaml"),
-                               "--no-worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    # two servers of the same model: one never asked to forget (plain), one holding a request (guard);
+    # their phases alternate, one server busy at a time, so the machine's drift hits both alike
+    servers = {mode: start_server(tmp, mode, config, env) for mode in ("plain", "guard")}
     worker = None
     try:
-        wait_ready(base, client, server)
+        for proc, base, _ in servers.values():
+            wait_ready(base, client, proc)
         print(f"{os.cpu_count()} CPUs, {args.clients} clients × {args.requests} streaming requests per phase, "
-              f"max_tokens 16")
-        asyncio.run(phase(base, client, questions, 2, 2))  # warm-up, not reported
-        plain = asyncio.run(phase(base, client, questions, args.clients, args.requests))
-        print(report("plain", plain))
+              f"{args.rounds} alternating rounds, max_tokens 16")
+        plain_base, guard_base, guard_config = servers["plain"][1], servers["guard"][1], servers["guard"][2]
         body = {"subject": name, "items": [{"question": it.question, "answer": it.answer} for it in items],
                 "requester": "benchmark", "legal_basis": "load test"}
+        for base in (plain_base, guard_base):
+            asyncio.run(phase(base, client, questions, 2, 2))  # warm-up, not reported
         start = time.perf_counter()
-        filed = httpx.post(f"{base}/v1/forget", json=body, headers={"Authorization": f"Bearer {admin}"}, timeout=60)
+        filed = httpx.post(f"{guard_base}/v1/forget", json=body, headers={"Authorization": f"Bearer {admin}"},
+                           timeout=60)
         round_trip = time.perf_counter() - start
         filed.raise_for_status()
         print(f"time to enforce: {filed.json()['enforce_seconds']:.3f} s in the server, {round_trip:.3f} s round trip "
               f"({len(items)} QA pairs)")
-        guarded = asyncio.run(phase(base, client, questions, args.clients, args.requests))
+        runs: dict[str, list[dict]] = {"plain": [], "guard": []}
+        for _ in range(args.rounds):
+            for mode, base in (("plain", plain_base), ("guard", guard_base)):
+                runs[mode].append(asyncio.run(phase(base, client, questions, args.clients, args.requests)))
+        plain, guarded = pooled(runs["plain"]), pooled(runs["guard"])
+        print(report("plain", plain))
         print(report("guard", guarded))
-        print(f"guard overhead: p50 {pctl(guarded['latency'], 50) / pctl(plain['latency'], 50):.2f}×, "
+        print(f"guard overhead on loopback: p50 {pctl(guarded['latency'], 50) / pctl(plain['latency'], 50):.2f}×, "
               f"p99 {pctl(guarded['latency'], 99) / pctl(plain['latency'], 99):.2f}×")
+        servers["plain"][0].send_signal(signal.SIGTERM)  # its CPU is the job's now
+        busy = None
         if not args.no_job:
-            worker = subprocess.Popen([sys.executable, "-m", "obliviate", "worker", "--config",
-                                       str(tmp / "serve.yaml")], env=env, stdout=log, stderr=subprocess.STDOUT)
-            status = lambda: httpx.get(f"{base}/v1/forget/{filed.json()['id']}",  # noqa: E731
+            worker = subprocess.Popen([sys.executable, "-m", "obliviate", "worker", "--config", str(guard_config)],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            status = lambda: httpx.get(f"{guard_base}/v1/forget/{filed.json()['id']}",  # noqa: E731
                                        headers={"Authorization": f"Bearer {admin}"}).json()["state"]
             deadline = time.time() + 300
             while status() == "enforced" and time.time() < deadline:  # until the worker is training
                 time.sleep(0.2)
             start_state = status()
-            busy = asyncio.run(phase(base, client, questions, args.clients, args.requests))
+            busy = asyncio.run(phase(guard_base, client, questions, args.clients, args.requests))
             print(report("guard + job", busy) + f" · request {start_state} at the start, {status()} at the end")
-        total = plain["errors"] + guarded["errors"] + (busy["errors"] if worker else 0)
+        total = plain["errors"] + guarded["errors"] + (busy["errors"] if busy else 0)
         print(f"errors in all phases: {total}")
     finally:
-        for proc in (worker, server):
+        for proc in (worker, *(s[0] for s in servers.values())):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
