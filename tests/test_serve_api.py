@@ -167,3 +167,27 @@ def test_status_page_lists_requests_escaped_and_takes_a_signed_in_browser(served
     assert signed.status_code == 303 and "httponly" in signed.headers["set-cookie"].lower()
     assert rid in tc.get("/status").text  # the cookie now opens the page
     assert tc.post("/v1/forget", json=_forget_body()).status_code == 401  # ...but never a write endpoint
+
+
+def test_cli_add_key_and_config_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from tests.helpers import assert_one_line_error, run_cli
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({"model": MODEL, "durable": {"retain": "r.jsonl"}, "api_keys": "keys.yaml",
+                                      "workdir": "state"}))
+    code, out, _ = run_cli(["serve", "add-key", "--config", str(config), "--role", "admin"], monkeypatch, capsys)
+    key = out.strip()
+    assert code == 0 and key.startswith("obl-") and key not in (tmp_path / "keys.yaml").read_text()
+    from obliviate.serve.auth import KeyStore
+
+    assert KeyStore(tmp_path / "keys.yaml").role(key) == "admin"
+    code, _, err = run_cli(["serve", "add-key", "--config", str(config), "--role", "root"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "--role")
+    code, _, err = run_cli(["serve"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "--config")
+    (tmp_path / "keys.yaml").unlink()
+    code, _, err = run_cli(["serve", "--config", str(config)], monkeypatch, capsys)
+    assert_one_line_error(code, err, "api_keys", "add-key")
+    config.write_text("model: [unclosed\n")
+    code, _, err = run_cli(["serve", "--config", str(config)], monkeypatch, capsys)
+    assert_one_line_error(code, err, str(config))
