@@ -1,11 +1,10 @@
 """`kill -9` of the server or the worker, with real processes, on the tiny world.
 
-- the server killed (its worker with it) while forget requests are being filed: after a restart every
-  request the ledger holds is enforced before the first generation is served, every id a client was
-  given is in the ledger, and the killed job is claimed again and becomes durable;
-- the worker killed mid-job under `obliviate serve`: the server starts it again and the job is
-  claimed again (attempt 2) and becomes durable;
-- neither log ever holds the forgotten texts.
+- the worker killed mid-job under `obliviate serve`: the server starts another, which claims the job again;
+- then the server killed (its worker with it) while forget requests are being filed: after a restart
+  every request the ledger holds is enforced before the first generation is served, every id a client
+  was given is in the ledger, and the job is claimed again and becomes durable;
+- the server's log never holds the forgotten texts.
 """
 
 from __future__ import annotations
@@ -130,8 +129,32 @@ def assert_no_texts(log: Path, name: str, items) -> None:
         assert secret not in text, secret
 
 
+def filed_ids_while_killing(server: Server, admin: str, name: str, items) -> list[str]:
+    """kill -9 the server while a client files requests; the ids the client was given."""
+    answered: list[str] = []
+
+    def file_more() -> None:
+        for i in range(20):
+            try:
+                r = httpx.post(f"{server.base}/v1/forget", headers={"Authorization": f"Bearer {admin}"},
+                               json={**forget_body(name, items[:1]), "requester": f"r{i}"}, timeout=10)
+                answered.append(r.json()["id"])
+            except httpx.HTTPError:
+                return
+
+    thread = threading.Thread(target=file_more)
+    thread.start()
+    time.sleep(0.3)
+    server.kill9()
+    thread.join(30)
+    return answered
+
+
 @pytest.mark.slow
-def test_server_killed_while_filing_loses_nothing_and_rebuilds_the_guard_first(world_home, tmp_path):
+def test_kill9_of_the_worker_then_the_server_loses_nothing(world_home, tmp_path):
+    """One job, killed twice: its worker by SIGKILL (the server starts another, which claims the job again),
+    then the server by SIGKILL while requests are being filed (its worker dies with it). After the restart
+    the guard is rebuilt before the first request is served, no request is lost, and the job finishes."""
     config = world_config(tmp_path, stale_after=4.0)
     admin, client = keys(config)
     name, items = subject_items()
@@ -142,30 +165,26 @@ def test_server_killed_while_filing_loses_nothing_and_rebuilds_the_guard_first(w
         assert items[0].answer in ask(server.base, client, items[0].question)
         filed = httpx.post(f"{server.base}/v1/forget", headers={"Authorization": f"Bearer {admin}"},
                            json=forget_body(name, items), timeout=60).json()
-        wait_state(server.base, admin, filed["id"], {"unlearning"}, timeout=120)  # the worker has the job
-        # file more while the server is killed: each is either answered (and kept) or never answered
-        answered: list[str] = []
+        rid = filed["id"]
+        wait_state(server.base, admin, rid, {"unlearning"}, timeout=120)
 
-        def file_more() -> None:
-            for i in range(20):
-                try:
-                    r = httpx.post(f"{server.base}/v1/forget", headers={"Authorization": f"Bearer {admin}"},
-                                   json={**forget_body(name, items[:1]), "requester": f"r{i}"}, timeout=10)
-                    answered.append(r.json()["id"])
-                except httpx.HTTPError:
-                    return
+        # 1. the worker killed mid-job: the server starts a new one, which claims the job again
+        (worker,) = server.children()
+        time.sleep(1)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.time() + 180
+        while [t["state"] for t in state(server.base, admin, rid)["transitions"]].count("unlearning") < 2:
+            assert time.time() < deadline, "the job was not claimed again"
+            time.sleep(0.5)
+        (second,) = server.children()
+        assert second != worker and not alive(worker)
 
-        thread = threading.Thread(target=file_more)
-        workers = server.children()
-        assert len(workers) == 1
-        thread.start()
-        time.sleep(0.3)
-        server.kill9()  # the worker, its child, gets SIGTERM from the kernel (PR_SET_PDEATHSIG)
-        thread.join(30)
+        # 2. the server killed while requests are being filed: its worker dies with it
+        answered = filed_ids_while_killing(server, admin, name, items)
         deadline = time.time() + 10
-        while alive(workers[0]) and time.time() < deadline:
+        while alive(second) and time.time() < deadline:
             time.sleep(0.1)
-        assert not alive(workers[0])  # no orphaned worker goes on with the job
+        assert not alive(second)  # no orphaned worker goes on with the job
 
         server = Server(config, log)
         server.wait_listening()
@@ -176,44 +195,20 @@ def test_server_killed_while_filing_loses_nothing_and_rebuilds_the_guard_first(w
 
         ledger = Ledger(load_config(config).database_url)
         held = {r.id: r.state for r in ledger.requests()}
-        assert set(answered) | {filed["id"]} <= set(held)  # no request a client was given an id for is lost
+        assert set(answered) | {rid} <= set(held)  # no request a client was given an id for is lost
         assert all(s != "received" for s in held.values())  # every one is recorded as enforced
-        # the killed job is claimed again once its heartbeat is stale, and finishes
-        record = wait_state(server.base, admin, filed["id"], {"durable", "needs_review"})
+
+        # 3. the job is claimed a third time once the killed worker's heartbeat is stale, and finishes
+        record = wait_state(server.base, admin, rid, {"durable", "needs_review"})
         assert record["state"] == "durable", record["evidence"]
-        jobs = {j["request_id"]: j for j in ledger.jobs()}
-        assert jobs[filed["id"]]["attempt"] >= 2
+        assert {j["request_id"]: j for j in ledger.jobs()}[rid]["attempt"] >= 3
+        assert record["evidence"]["attempt"] >= 3
         assert ledger.verify().ok
-    finally:
-        server.stop()
-    assert_no_texts(log, name, items)
-
-
-@pytest.mark.slow
-def test_worker_killed_mid_job_is_restarted_and_the_job_resumes(world_home, tmp_path):
-    config = world_config(tmp_path, stale_after=4.0)
-    admin, client = keys(config)
-    name, items = subject_items()
-    log = tmp_path / "serve.log"
-    server = Server(config, log)
-    try:
-        server.wait_listening()
-        filed = httpx.post(f"{server.base}/v1/forget", headers={"Authorization": f"Bearer {admin}"},
-                           json=forget_body(name, items), timeout=60).json()
-        wait_state(server.base, admin, filed["id"], {"unlearning"}, timeout=120)
-        time.sleep(2)
-        (worker,) = server.children()
-        os.kill(worker, signal.SIGKILL)
-        record = wait_state(server.base, admin, filed["id"], {"durable", "needs_review"})
-        assert record["state"] == "durable", record["evidence"]
-        assert worker not in server.children() and len(server.children()) == 1  # a new worker runs
-        states = [t["state"] for t in record["transitions"]]
-        assert states.count("unlearning") == 2 and states[-1] == "durable", states
-        assert record["evidence"]["attempt"] == 2
-        deadline = time.time() + 30  # the server swaps the adapter in and the facts stay forgotten
-        while "adapter-v1" not in httpx.post(
+        deadline = time.time() + 60  # the server swaps the adapter in; the facts stay forgotten
+        while "adapter-v" not in httpx.post(
                 f"{server.base}/v1/completions", headers={"Authorization": f"Bearer {client}"}, timeout=60,
-                json={"model": "world:tiny", "prompt": "Question: x\nAnswer:", "max_tokens": 1}).text:
+                json={"model": "world:tiny", "prompt": "Question: x\nAnswer:", "max_tokens": 1}).text.replace(
+                "adapter-v0", ""):
             assert time.time() < deadline
             time.sleep(0.5)
         assert sum(it.answer.lower() in ask(server.base, client, it.question).lower() for it in items) <= 1
