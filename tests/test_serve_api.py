@@ -191,3 +191,25 @@ def test_cli_add_key_and_config_errors_are_one_line(tmp_path, monkeypatch, capsy
     config.write_text("model: [unclosed\n")
     code, _, err = run_cli(["serve", "--config", str(config)], monkeypatch, capsys)
     assert_one_line_error(code, err, str(config))
+
+
+def test_the_guard_lets_go_only_once_a_verified_adapter_is_served(served, tmp_path, tiny_llama):
+    from obliviate.serve.evidence import sha256_dir
+    from tests.test_serve_engine import _adapter
+
+    tc, admin, client, app = served
+    service = app.state.service
+    rid = tc.post("/v1/forget", headers=admin, json=_forget_body()).json()["id"]
+    _adapter(tiny_llama, tmp_path / "adapter", seed=1)
+    service.ledger.transition(rid, "durable")  # as the worker does, right after it publishes
+    service.refresh()
+    assert service.enforcement.request_ids() == [rid]  # durable, but no adapter trained on it is served yet
+    service.ledger.publish(tmp_path / "adapter", "0" * 64, [rid])  # files that do not match their hash
+    service.refresh()
+    assert service.engine.version == 0 and service.enforcement.request_ids() == [rid]
+    service.ledger.publish(tmp_path / "adapter", sha256_dir(tmp_path / "adapter"), [rid])
+    service.refresh()
+    assert service.engine.version == 2 and service.enforcement.request_ids() == []
+    assert service.enforcement.current() is None
+    reply = tc.post("/v1/chat/completions", headers=client, json=_chat()).json()
+    assert reply["system_fingerprint"] == "adapter-v2"

@@ -49,6 +49,7 @@ class Service:
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(64, "generate"))
     stop: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.time)
+    _refused: int = 0  # the adapter version last refused for a sha256 mismatch (logged once)
 
     def refresh(self) -> None:
         """Serve the ledger's active adapter, then bring the guard in line with the ledger.
@@ -59,8 +60,17 @@ class Service:
         active = self.ledger.active_model()
         if active is None:
             self.engine.swap(0, None)
-        elif self.engine.swap(active.version, active.adapter_dir, active.request_ids):
-            log.info("serving adapter version %d", active.version)
+        elif active.version != self.engine.version:
+            from obliviate.serve.evidence import sha256_dir
+
+            if sha256_dir(active.adapter_dir) != active.adapter_sha256:
+                # the files are not what the gates passed: keep serving (and guarding) as before
+                if self._refused != active.version:
+                    log.error("adapter version %d: its files do not match the published sha256; not served",
+                              active.version)
+                    self._refused = active.version
+            elif self.engine.swap(active.version, active.adapter_dir, active.request_ids):
+                log.info("serving adapter version %d", active.version)
         keep = self.config.guard.keep_after_durable
         wanted = {rid: items for rid, items in self.ledger.enforced(keep)}
         served = set(self.engine.request_ids)

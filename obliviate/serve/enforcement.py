@@ -168,16 +168,24 @@ class Enforcement:
                 return
             self.requests[request_id] = (subject, qa)
             self.classifier.add(self._names(subject, qa), self._prompts(qa))
-            self._intervention = self._build()
+            self._intervention = self._build(self.requests, self.classifier)
 
     def sync(self, enforced: Sequence[tuple[str, str, Sequence[Any]]]) -> None:
-        """Make the enforced set exactly `enforced` ((id, subject, items) rows), rebuilding if any left."""
+        """Make the enforced set exactly `enforced` ((id, subject, items) rows).
+
+        New requests are added in place; when some leave, the whole guard is rebuilt aside and swapped in
+        at once, so no generation ever runs with a request missing that is still enforced.
+        """
         wanted = {rid for rid, _, _ in enforced}
         if set(self.requests) - wanted:
+            requests = {rid: (subject, [as_qa(it, subject) for it in items]) for rid, subject, items in enforced}
+            classifier = LiveClassifier(self.settings["embedder"], float(self.settings["similarity"]))
+            for subject, qa in requests.values():
+                classifier.add(self._names(subject, qa), self._prompts(qa))
             with self._lock:
-                self.requests.clear()
-                self.classifier = LiveClassifier(self.settings["embedder"], float(self.settings["similarity"]))
-                self._intervention = None
+                intervention = self._build(requests, classifier) if requests else None
+                self.requests, self.classifier, self._intervention = requests, classifier, intervention
+            return
         for rid, subject, items in enforced:
             if rid not in self.requests:
                 self.add(rid, subject, items)
@@ -191,11 +199,11 @@ class Enforcement:
     def _prompts(self, qa: list[QAItem]) -> list[str]:
         return [classifier_text(self.tokenizer, it.question, self.fmt) if it.question else it.answer for it in qa]
 
-    def _terms(self) -> list[str]:
+    def _terms(self, requests: dict[str, tuple[str, list[QAItem]]]) -> list[str]:
         from obliviate.methods.guard import forbidden_terms
 
         s = self.settings
-        items = [it for _, qa in self.requests.values() for it in qa]
+        items = [it for _, qa in requests.values() for it in qa]
         terms = set(forbidden_terms(items, self.retain, s["use_subjects"], s["min_term_chars"], s["terms"]))
         if s["answers_as_terms"]:
             terms |= {it.answer.strip() for it in items if it.question and it.answer.strip()}
@@ -212,12 +220,13 @@ class Enforcement:
             out |= set(self._semantic[key])
         return sorted(out)
 
-    def _build(self):
-        detector = Detector(self.classifier, self.reader)
+    def _build(self, requests: dict[str, tuple[str, list[QAItem]]], classifier: LiveClassifier):
+        """The intervention over `requests`, gated by `classifier`."""
+        detector = Detector(classifier, self.reader)
         if self.method == "eco":
             from obliviate.interventions.corruption import EmbeddingCorruption
 
-            subjects = sorted({subject for subject, _ in self.requests.values() if subject})
+            subjects = sorted({subject for subject, _ in requests.values() if subject})
             emb = self.model.get_input_embeddings().weight
             scale = float(emb.detach().float().norm(dim=-1).mean())
             s = self.settings
@@ -226,7 +235,7 @@ class Enforcement:
                                        skip_ids=self.tokenizer.all_special_ids, corrupt_answers=False)
         from obliviate.interventions.restricted import RestrictedDecoding
 
-        terms = self._terms()
+        terms = self._terms(requests)
         term_ids = phrase_token_ids(self.tokenizer, terms)
         return RestrictedDecoding(detector.classifier, terms, term_ids, self._semantic_ids(term_ids),
                                   list(self.tokenizer.all_special_ids), list(self.reader.marker), self.reader.fmt)
