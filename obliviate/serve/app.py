@@ -71,15 +71,14 @@ class Service:
                     self._refused = active.version
             elif self.engine.swap(active.version, active.adapter_dir, active.request_ids):
                 log.info("serving adapter version %d", active.version)
-        keep = self.config.guard.keep_after_durable
-        wanted = {rid: items for rid, items in self.ledger.enforced(keep)}
+        wanted = dict(self.ledger.enforced(self.config.guard.keep_after_durable))
         served = set(self.engine.request_ids)
-        for rid in self.enforcement.request_ids():
-            if rid not in wanted and rid not in served:
-                wanted[rid] = self.ledger.items(rid)  # durable, but its adapter is not served yet
-        rows = [(rid, self.ledger.get(rid).subject if rid not in self.enforcement.requests
-                 else self.enforcement.requests[rid][0], items) for rid, items in wanted.items()]
-        self.enforcement.sync(rows)
+        # only a request the served adapter was trained on may leave the guard: one filed since the ledger
+        # was read above is not in it, so a concurrent POST /v1/forget is never undone here
+        self.enforcement.drop([rid for rid in self.enforcement.request_ids() if rid not in wanted and rid in served])
+        for rid, items in wanted.items():
+            if rid not in self.enforcement.requests:
+                self.enforcement.add(rid, self.ledger.get(rid).subject, items)
 
     def poll(self) -> None:
         while not self.stop.wait(self.config.poll_seconds):

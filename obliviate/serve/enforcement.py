@@ -170,25 +170,26 @@ class Enforcement:
             self.classifier.add(self._names(subject, qa), self._prompts(qa))
             self._intervention = self._build(self.requests, self.classifier)
 
-    def sync(self, enforced: Sequence[tuple[str, str, Sequence[Any]]]) -> None:
-        """Make the enforced set exactly `enforced` ((id, subject, items) rows).
-
-        New requests are added in place; when some leave, the whole guard is rebuilt aside and swapped in
-        at once, so no generation ever runs with a request missing that is still enforced.
-        """
-        wanted = {rid for rid, _, _ in enforced}
-        if set(self.requests) - wanted:
-            requests = {rid: (subject, [as_qa(it, subject) for it in items]) for rid, subject, items in enforced}
+    def drop(self, request_ids: Sequence[str]) -> None:
+        """Stop enforcing `request_ids`: the guard of the others is rebuilt and swapped in whole, under the lock,
+        so no generation runs with a request missing that is still enforced and no concurrent `add` is lost."""
+        with self._lock:
+            gone = set(request_ids) & set(self.requests)
+            if not gone:
+                return
+            requests = {rid: v for rid, v in self.requests.items() if rid not in gone}
             classifier = LiveClassifier(self.settings["embedder"], float(self.settings["similarity"]))
             for subject, qa in requests.values():
                 classifier.add(self._names(subject, qa), self._prompts(qa))
-            with self._lock:
-                intervention = self._build(requests, classifier) if requests else None
-                self.requests, self.classifier, self._intervention = requests, classifier, intervention
-            return
+            intervention = self._build(requests, classifier) if requests else None
+            self.requests, self.classifier, self._intervention = requests, classifier, intervention
+
+    def sync(self, enforced: Sequence[tuple[str, str, Sequence[Any]]]) -> None:
+        """Make the enforced set exactly `enforced` ((id, subject, items) rows)."""
+        wanted = {rid for rid, _, _ in enforced}
+        self.drop([rid for rid in self.requests if rid not in wanted])
         for rid, subject, items in enforced:
-            if rid not in self.requests:
-                self.add(rid, subject, items)
+            self.add(rid, subject, items)
 
     # -- building ----------------------------------------------------------------------------
 
