@@ -80,7 +80,7 @@ class LiveClassifier:
     _memo: dict[str, float] = field(default_factory=dict)  # text -> score, for the reference set as it is now
 
     def add(self, names: Sequence[str], prompts: Sequence[str]) -> None:
-        """Protect `names` and add `prompts` to the reference set (a new object's state, swapped in whole)."""
+        """Protect `names` and add `prompts` to the reference set."""
         self.names |= {n.strip().lower() for n in names if n.strip()}
         self._pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(self.names, key=len, reverse=True)))
                                    + r")\b", re.IGNORECASE) if self.names else None
