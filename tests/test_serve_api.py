@@ -99,6 +99,8 @@ def test_bad_bodies_get_one_line_4xx_that_never_echo_the_content(served):
     _one_line_error(tc.post("/v1/chat/completions", headers=client, json={"model": MODEL, "messages": []}), 422)
     _one_line_error(tc.post("/v1/chat/completions", headers=client, json=_chat(model="gpt-4")), 404)
     _one_line_error(tc.post("/v1/completions", headers=client, json={"model": MODEL, "prompt": ["a", "b"]}), 422)
+    long_prompt = {"model": MODEL, "prompt": "one two " * 200, "max_tokens": 16}  # past the 256-token context
+    assert "context" in _one_line_error(tc.post("/v1/completions", headers=client, json=long_prompt), 400)
     # over max_request_bytes: refused by Content-Length, and while reading a body sent without one
     big = {**_forget_body(), "subject": "x" * 30_000}
     _one_line_error(tc.post("/v1/forget", headers=admin, json=big), 413)

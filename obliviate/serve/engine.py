@@ -91,6 +91,15 @@ class Engine:
         """Token ids of a raw completion prompt (with the tokenizer's special tokens, as the format adds them)."""
         return list(self.tokenizer(prompt, add_special_tokens=self.fmt.add_special_tokens())["input_ids"])
 
+    def check_length(self, ids: Sequence[int], max_tokens: int) -> None:
+        """A one-line ConfigError for an empty prompt, or one that with `max_tokens` overruns the model's context."""
+        if not ids:
+            raise ConfigError("prompt: empty")
+        limit = getattr(self.base.config, "max_position_embeddings", None)
+        if limit and len(ids) + max_tokens > limit:
+            raise ConfigError(f"prompt: {len(ids)} tokens + max_tokens {max_tokens} exceed the model's context "
+                              f"of {limit} tokens")
+
     def chat_stops(self) -> list[str]:
         return list(self.fmt.stop_strings())
 

@@ -159,6 +159,7 @@ def _usage(outcome: Outcome) -> dict[str, int]:
 
 async def _respond(service, body: _Sampled, ids: list[int], sampling: Sampling, chat: bool, prefix: str = ""):
     """The JSON response, or the SSE stream, of one generation."""
+    service.engine.check_length(ids, sampling.max_tokens)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     created, outcome = int(time.time()), Outcome()
     head = {"id": rid, "created": created, "model": service.engine.name,
