@@ -19,7 +19,7 @@ from obliviate.errors import ObliviateError
 
 # registered in this order, which is the order of `obliviate --help`
 for _module in ("catalog", "compat", "attack", "bench", "stats", "labels", "skills", "run", "rerun", "world",
-                "models", "ledger"):
+                "models", "ledger", "serve"):
     importlib.import_module(f"obliviate.cli.{_module}")
 
 __all__ = ["app", "console", "main"]
