@@ -1,4 +1,6 @@
-"""The forget-request service (`obliviate serve`, docs/serve.md): a ledger of deletion requests, a worker that unlearns them durably, the gates a
+"""The forget-request service (`obliviate serve`, docs/serve.md).
+
+A ledger of deletion requests, a worker that unlearns them durably, the gates a
 candidate must pass and the evidence it leaves.
 
 - `config`: the deployment's one config file (`load_config`).
