@@ -32,3 +32,10 @@ class ConfigError(ObliviateError):
 
 class ObliviateWarning(UserWarning):
     """Something the user should know that does not stop the run; the CLI prints it as one line."""
+
+
+class NotFound(ObliviateError, KeyError):
+    """No such record (e.g. a forget request id the ledger does not hold)."""
+
+    def __str__(self) -> str:  # KeyError's own would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -80,6 +80,9 @@ class Session:
     """The trackers of one command: hyperparameters once, then scalars by step."""
 
     def __init__(self, names: Sequence[str], run_name: str, logging_dir: Path, config: Mapping[str, Any]) -> None:
+        from accelerate import PartialState
+
+        PartialState()  # accelerate's trackers log through its logger, which needs the process state
         self.trackers = [_make_tracker(name, run_name, Path(logging_dir)) for name in names]
         for tracker in self.trackers:
             if hasattr(tracker, "start"):

@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a list 0,4,7")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once")
     parser.add_argument("--max-retain", type=int, default=None, help="evaluate on this many retain items")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="a method's config key, for every cell of that method (repeatable)")
     parser.add_argument("--bench", type=Path, default=None, help="bench directory (default bench/results-PRESET)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--figure-from-table", action="store_true",
@@ -52,7 +54,8 @@ def main() -> None:
 
     try:
         spec = BenchSpec(methods=parse_methods(args.methods), splits=parse_world_splits(args.forget),
-                         seeds=parse_seeds(args.seeds), world=args.preset, max_retain=args.max_retain)
+                         seeds=parse_seeds(args.seeds), world=args.preset, max_retain=args.max_retain,
+                         overrides=_method_sets(args.sets))
         bench_dir = args.bench or ROOT / "bench" / f"results-{args.preset}"
         outcome = run_bench(spec, bench_dir, jobs=args.jobs, progress=sys.stderr.isatty(),
                             log=lambda line: print(line, file=sys.stderr))
@@ -67,14 +70,17 @@ def main() -> None:
     command = "python scripts/results_table.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("preset", args.preset), ("methods", args.methods),
                                                     ("forget", args.forget), ("seeds", args.seeds),
-                                                    ("max_retain", args.max_retain)) if v is not None)
+                                                    ("max_retain", args.max_retain)) if v is not None) + "".join(
+        f" --set {pair}" for pair in args.sets)
+    settings = "".join(f" `{pair.split(':', 1)[0]}` runs with `{pair.split(':', 1)[1]}`." for pair in args.sets)
     failed = "".join(f"\n- `{label}` did not finish: {why}" for label, why in outcome.failed.items())
     text = "\n".join([
         "# Results",
         "",
         ("Every method (but `uoe`, which needs a mixture-of-experts model: see docs/methods.md)"
          if args.methods == "all" else "The methods " + ", ".join(f"`{m}`" for m in spec.methods))
-        + f", each with its default config, on the built-in `{args.preset}` world, forget splits "
+        + ", each with its default config" + (" but for the settings below" if args.sets else "")
+        + f", on the built-in `{args.preset}` world, forget splits "
         f"{', '.join(f'`{s}`' for s in spec.splits)}, seeds {', '.join(map(str, spec.seeds))} (each seed is its "
         "own world, target and exact-retrain oracle). Regenerate with",
         "",
@@ -82,7 +88,8 @@ def main() -> None:
         "",
         f"which runs the bench into `{bench_dir.relative_to(ROOT) if bench_dir.is_relative_to(ROOT) else bench_dir}`"
         f" (open its `report.html` for every plot). Measured on {time.strftime('%Y-%m-%d')}, "
-        f"{platform.machine()} with {_cores()} CPU cores{_gpu()}; its cells took {_cell_time(bench_dir, spec)} in all.",
+        f"{platform.machine()} with {_cores()} CPU cores{_gpu()}; its cells took {_cell_time(bench_dir, spec)} in all."
+        + settings,
         "",
         *([f"![every method's forget quality and model utility against the oracle]({image.name})", ""]
           if svg is not None else []),
@@ -125,6 +132,17 @@ def redraw_from_table(markdown: Path) -> None:
     with atomic_open(image) as handle:
         handle.write(svg)
     print(f"wrote {image}")
+
+
+def _method_sets(pairs: list[str]) -> dict[str, list[str]]:
+    """["eco:alpha=0.2", ...] -> {"eco": ["alpha=0.2"]}; a pair without METHOD: is refused in one line."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        method, sep, setting = pair.partition(":")
+        if not sep or "=" not in setting:
+            sys.exit(f"error: --set {pair!r}: give METHOD:KEY=VALUE, e.g. eco:alpha=0.2")
+        out.setdefault(method.strip(), []).append(setting.strip())
+    return out
 
 
 def _cell_time(bench_dir: Path, spec) -> str:

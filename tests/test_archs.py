@@ -25,6 +25,8 @@ from obliviate.models.scoring import score_qa
 from tests.conftest import make_tiny_gpt2, make_tiny_llama, make_tiny_mixtral
 
 ARCHS = {"llama": make_tiny_llama, "gpt2": make_tiny_gpt2, "moe": make_tiny_mixtral}
+# Methods that read single feed-forward neurons: a mixture of experts is refused in one line.
+DENSE_ONLY = {"neuron_adjust", "key_space_detection"}
 
 FORGET = [
     QAItem("Where was Mara Lind born?", "She was born in Oslo, Norway.", "She was born in Oslo.",
@@ -43,7 +45,7 @@ RETAIN = [
 # The smallest settings, for whichever of these fields a method's config has.
 SMALL = {"max_steps": 2, "epochs": 1, "batch_size": 2, "grad_accum": 1, "zo_steps": 1, "embedder": "hashing",
          "n_projections": 4, "num_tokens": 2, "reinforce_epochs": 1, "n_layers": 1, "threshold": 0.5,
-         "n_augment": 1, "lr": 1e-2, "importance_data": "retain"}
+         "n_augment": 1, "lr": 1e-2, "importance_data": "retain", "redirect_to": "Bob"}
 
 
 def _config(cls):
@@ -56,8 +58,12 @@ def test_every_method_runs_on_every_architecture(name, arch, tiny_tokenizer, tmp
     cls = METHODS[name]
     model = ARCHS[arch]()
     method = cls(_config(cls))
-    if name == "uoe" and arch != "moe":
+    if (name == "uoe" and arch != "moe") or (name in DENSE_ONLY and arch == "moe"):
         with pytest.raises(ConfigError, match="mixture-of-experts"):
+            method.unlearn(model, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
+        return
+    if name == "rocr" and arch == "moe":  # it edits one dense down-projection
+        with pytest.raises(ConfigError, match="mixture of experts"):
             method.unlearn(model, tiny_tokenizer, FORGET, RETAIN, tmp_path, progress=False)
         return
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -196,7 +196,7 @@ def test_prompt_attacks_run_without_a_world(name, tiny_llama, tiny_tokenizer):
     rows = attack.run(tiny_llama, tiny_tokenizer, SETS)["rows"]
     assert rows and all(r["knows"] in (0.0, 1.0) for r in rows if not np.isnan(r["knows"]))
     if name == "forms":  # only the forms that need no world templates
-        assert {r["variant"] for r in rows} == {"paraphrase", "multiple_choice"}
+        assert {r["variant"] for r in rows} == {"paraphrase", "multiple_choice", "true_false"}
 
 
 def test_every_registered_attack_is_ordered():

@@ -108,6 +108,8 @@ def _configs():
         # r = 0.05: on a 300-token vocabulary r = 0.01 keeps as few as ⌊rV⌋ = 3 tokens (ULD's 32k keep 320),
         # and the filter masks the rest, so the assistant could only reorder those three.
         "uld": ULD(ULDConfig(n_layers=1, epochs=30, lr=1e-2, batch_size=4, grad_accum=1, filter_ratio=0.05)),
+        "neuron_adjust": get_method("neuron_adjust")(),
+        "key_space_detection": get_method("key_space_detection")(),
     }
 
 
@@ -123,7 +125,8 @@ def built(toy, tmp_path_factory):
     return out
 
 
-METHODS = ["spul", "spul+gate", "icul", "icul+gate", "prompt", "prompt+gate", "eco", "guard", "uld"]
+METHODS = ["spul", "spul+gate", "icul", "icul+gate", "prompt", "prompt+gate", "eco", "guard", "uld", "neuron_adjust",
+           "key_space_detection"]
 
 
 def _probs(model, tok, items) -> np.ndarray:

@@ -137,9 +137,11 @@ COVERED = {"ga", "graddiff", "kl", "npo", "simnpo", "idk_sft", "snap", "idk_dpo"
 
 def test_every_registered_method_has_a_world_test():
     from tests.test_methods_newer_world import COVERED as NEWER  # open-unlearning's newer losses
+    from tests.test_rocr import COVERED as ROCR_COVERED
     from tests.test_s3t_world import COVERED as EXACT  # s3t, trained from the world's base model
+    from tests.test_skills import COVERED as SKILLS  # skill unlearning, on the world's skill task
 
-    assert set(METHODS) - {"uoe"} == COVERED | NEWER | EXACT
+    assert set(METHODS) - {"uoe"} == COVERED | NEWER | SKILLS | ROCR_COVERED | EXACT
 
 
 # -- fixtures ---------------------------------------------------------------------------------------

@@ -10,11 +10,20 @@ Each forget fact is asked as:
 - `reverse`: the person asked for from two of their values, "Who was born in the city of X in the
   year 1962?", the alternatives being other trained people's names (after RWKU's reverse query);
 - `cloze`: a declarative cross-template cloze, "The birth city of <name> is", a statement the
-  models never saw for any attribute (they were trained on questions and biography sentences).
+  models never saw for any attribute (they were trained on questions and biography sentences);
+- `true_false`: "True or false: <statement>", answered "True" or "False", asked twice per fact:
+  once with the true statement and once with a false one (the first perturbed answer in its
+  place). On the world the statement is the fact's biography sentence; elsewhere it is the answer
+  itself, which TOFU-style data writes as a full sentence. Chance is 1/2.
+
+ORT (Ye et al. 2025, *LLM Unlearning Should Be Form-Independent*) asks each forget fact as
+fill-in-the-blank, question answering, multiple choice and true/false (its `fb`, `qa`, `mcp` and
+`tf` forms), and scores each by the probability of the right answer; here they are `fill_blank`,
+`paraphrase`, `multiple_choice` and `true_false`, under the same option-probability measure.
 
 `fill_blank`, `reverse` and `cloze` need the world's templates and are skipped for facts from
-elsewhere; `paraphrase` needs paraphrased questions and `multiple_choice` perturbed answers, and each
-is skipped, with a one-line note, on data without them. Questions are rendered in the model's prompt
+elsewhere; `paraphrase` needs paraphrased questions, `multiple_choice` and `true_false` perturbed
+answers, and each is skipped, with a one-line note, on data without them. Questions are rendered in the model's prompt
 format; the cloze is a bare statement in any format.
 
 Reverse queries meet the reversal curse: a model trained on "A's city is X" rarely answers
@@ -31,7 +40,8 @@ from obliviate.attacks.facts import alternatives, fact_key, lacking, person_name
 from obliviate.attacks.measure import AttackPrompt, PromptAttack
 from obliviate.data.schema import QAItem
 
-VARIANTS = ("paraphrase", "fill_blank", "multiple_choice", "reverse", "cloze")
+VARIANTS = ("paraphrase", "fill_blank", "multiple_choice", "reverse", "cloze", "true_false")
+JUDGEMENTS = ("True", "False")
 # Reverse queries: pairs of attributes that together name a person ("who was born in X in Y?").
 REVERSE_PAIRS = (("birth_city", "birth_year"), ("profession", "genre"))
 N_NAME_ALTERNATIVES = 5
@@ -47,15 +57,17 @@ def shuffled_options(item: QAItem, alts: list[str], seed: int) -> list[str]:
 @register
 class Forms(PromptAttack):
     name = "forms"
-    summary = "held-out phrasings, fill-in-the-blank, multiple choice, reverse queries, cross-template cloze"
-    paper = "RWKU (Jin et al. 2024); TOFU paraphrases (Maini et al. 2024)"
+    summary = ("held-out phrasings, fill-in-the-blank, multiple choice, true/false, reverse queries, "
+               "cross-template cloze")
+    paper = "RWKU (Jin et al. 2024); TOFU paraphrases (Maini et al. 2024); ORT (Ye et al. 2025)"
 
     def lacks(self, sets: AttackSets) -> dict[str, str]:
         out = {}
         if lacking(sets.forget, "paraphrased_questions"):
             out["paraphrase"] = "paraphrase: the data has no paraphrased questions to reword the questions with"
         if lacking(sets.forget, "perturbed_answers"):
-            out["multiple_choice"] = "multiple_choice: the data has no perturbed answers to offer as wrong options"
+            out["multiple_choice"] = ("multiple_choice, true_false: the data has no perturbed answers to offer as "
+                                      "wrong options or false statements")
         if sets.world is None:
             out["fill_blank"] = "fill_blank, reverse, cloze: they need the built-in world's sentence templates"
         return out
@@ -84,7 +96,7 @@ class Forms(PromptAttack):
             out.append(AttackPrompt(key, "fill_blank", question_prompt(f"Fill in the blank: {blank}", tokenizer),
                                     item.answer, alts))
             out.append(AttackPrompt(key, "cloze", f"The {spec.noun} of {name} is", item.answer, alts))
-        return out
+        return out + _true_false_prompts(item, key, alts, tokenizer, spec, name)
 
     def _reverse_prompts(self, sets: AttackSets, tokenizer=None) -> list[AttackPrompt]:
         world = sets.world
@@ -104,6 +116,21 @@ class Forms(PromptAttack):
                 out.append(AttackPrompt(f"{pid}/reverse:{a}+{b}", "reverse", question_prompt(question, tokenizer),
                                         person.name, names))
         return out
+
+
+def _true_false_prompts(item: QAItem, key: str, alts: list[str], tokenizer, spec=None, name: str | None = None
+                        ) -> list[AttackPrompt]:
+    """The fact as a true statement (answer "True") and as a false one (answer "False"); none without a
+    wrong value to make the false one from."""
+    if not alts:
+        return []
+    if spec is not None and name is not None:
+        true, false = spec.sentence(name, item.answer), spec.sentence(name, alts[0])
+    else:
+        true, false = item.answer, item.perturbed_answers[0]
+    ask = lambda statement: question_prompt(f"True or false: {statement}", tokenizer)  # noqa: E731
+    return [AttackPrompt(key, "true_false", ask(true), "True", ["False"], f"{key}#true"),
+            AttackPrompt(key, "true_false", ask(false), "False", ["True"], f"{key}#false")]
 
 
 def _reverse_question(spec_a, value_a: str, spec_b, value_b: str) -> str:

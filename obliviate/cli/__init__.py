@@ -2,7 +2,8 @@
 
 Each module registers one command group on `app` when imported: catalog (methods, metrics), world,
 run (unlearn, eval, demo), rerun, attack, bench (bench, report), stats (compare, seeds, protocol), labels
-(reviews), compat, exact (finetune-sharded, delete). A command parses its options, calls the API and prints.
+(reviews), skills, compat, exact (finetune-sharded, delete). A command parses its options, calls the API and
+prints.
 
 User errors (`ObliviateError`) print one line on stderr and exit with code 2, never a traceback.
 """
@@ -18,8 +19,8 @@ from obliviate.cli.app import app, console, err_console, show_warnings
 from obliviate.errors import ObliviateError
 
 # registered in this order, which is the order of `obliviate --help`
-for _module in ("catalog", "compat", "attack", "bench", "stats", "labels", "run", "rerun", "world", "models",
-                "exact"):
+for _module in ("catalog", "compat", "attack", "bench", "stats", "labels", "skills", "run", "rerun", "world",
+                "models", "ledger", "serve", "exact"):
     importlib.import_module(f"obliviate.cli.{_module}")
 
 __all__ = ["app", "console", "main"]

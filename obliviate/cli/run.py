@@ -160,7 +160,8 @@ def eval_cmd(
     max_new_tokens: MaxNewTokensOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="items per forward pass and per generation batch")] = 32,
     reference_model: Annotated[str | None, typer.Option(
-        help="a reference model (same tokenizer) for the reference-model membership attack")] = None,
+        help="a reference model (same tokenizer) for the reference-model membership attack; with --suite "
+             "intrinsic, the model unlearning started from (default: a run's own, or the world's target)")] = None,
     gradnorm: Annotated[bool, typer.Option(help="also the GradNorm membership attack (a backward pass per "
                                                 "item)")] = False,
     preset: Annotated[str | None, typer.Option(
@@ -222,8 +223,20 @@ def eval_cmd(
         eval_labels(target, world, oracle, out, as_json,
                     unused={"--forget": forget, "--retain": retain, "--utility": utility, "--holdout": holdout})
         return
+    if suite == "skill":  # the skill task (see obliviate/cli/skills.py)
+        from obliviate.cli.skills import eval_skill
+
+        eval_skill(target, world, out, as_json,
+                   unused={"--forget": forget, "--retain": retain, "--utility": utility, "--holdout": holdout})
+        return
+    if suite == "intrinsic":  # parametric traces and CKA against the reference (see obliviate/cli/intrinsic.py)
+        from obliviate.cli.intrinsic import eval_intrinsic
+
+        eval_intrinsic(target, forget, retain, oracle, reference_model, split, world, out, as_json,
+                       unused={"--utility": utility, "--holdout": holdout, "--data": data, "--map": map_})
+        return
     if suite != "qa":
-        raise ObliviateError(f"unknown suite '{suite}' (available: qa, text, labels)")
+        raise ObliviateError(f"unknown suite '{suite}' (available: qa, text, labels, skill, intrinsic)")
     from obliviate.api import evaluate
 
     result = evaluate(target, forget=forget, retain=retain, utility=utility, holdout=holdout, oracle=oracle,

@@ -31,6 +31,8 @@ KINDS = {
     "embedding_corruption": "obliviate.interventions.corruption:EmbeddingCorruption",
     "restricted_decoding": "obliviate.interventions.restricted:RestrictedDecoding",
     "logit_difference": "obliviate.interventions.logit_diff:LogitDifference",
+    "neuron_shift": "obliviate.interventions.neuron_shift:NeuronShift",
+    "key_space_abstention": "obliviate.interventions.key_space:KeySpaceAbstention",
     "sharded_ensemble": "obliviate.interventions.sharded:ShardedEnsemble",
 }
 

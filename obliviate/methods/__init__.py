@@ -31,11 +31,14 @@ from obliviate.methods.guard import GUARD
 from obliviate.methods.icul import ICUL, PromptBaseline
 from obliviate.methods.idk_dpo import IdkDPO
 from obliviate.methods.idk_sft import IdkSFT
+from obliviate.methods.key_space_detection import KeySpaceDetection
 from obliviate.methods.kl import KL
+from obliviate.methods.neuron_adjust import NeuronAdjust
 from obliviate.methods.npo import NPO
 from obliviate.methods.pdu import PDU
 from obliviate.methods.random_label import RandomLabel
 from obliviate.methods.rmu import RMU
+from obliviate.methods.rocr import ROCR
 from obliviate.methods.s3t import S3T
 from obliviate.methods.satimp import SatImp
 from obliviate.methods.simnpo import SimNPO
@@ -79,6 +82,9 @@ _TABLE: tuple[type[Method], ...] = (
     PDU,
     AltPO,
     WAGLE,
+    NeuronAdjust,
+    KeySpaceDetection,
+    ROCR,
     S3T,
 )
 # Labelled variants listed beside the paper's methods (the forms earlier tables reported).

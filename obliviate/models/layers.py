@@ -148,3 +148,24 @@ def record_routing(layers: list[MoELayer]) -> Iterator[dict[int, list[tuple[torc
     finally:
         for handle in handles:
             handle.remove()
+
+
+# Names of the down-projection inside a feed-forward block (Llama/Mistral/Qwen, GPT-2, GPT-NeoX, Falcon, T5-style).
+DOWN_PROJ_NAMES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "w2")
+
+
+def down_projection(model: nn.Module, layer: int) -> nn.Module:
+    """The down-projection (the feed-forward block's output matrix) of decoder layer `layer`."""
+    _, mlp = feed_forward(decoder_layers(model)[layer])
+    for name in DOWN_PROJ_NAMES:
+        module = getattr(mlp, name, None)
+        if isinstance(module, nn.Module) and getattr(module, "weight", None) is not None:
+            return module
+    raise ConfigError(f"layer {layer}'s {type(mlp).__name__} has no down-projection named "
+                      f"{' / '.join(DOWN_PROJ_NAMES)}")
+
+
+def down_projection_weight(module: nn.Module) -> torch.Tensor:
+    """A down-projection's weight as (out = hidden, in = intermediate): nn.Linear stores it so, GPT-2's
+    Conv1D transposed. Its columns are the layer's value vectors."""
+    return module.weight if isinstance(module, nn.Linear) else module.weight.T
