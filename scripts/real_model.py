@@ -34,6 +34,7 @@ RUNS = {
     "prompt+gate": ("prompt", {"gate": "classifier", "alpha": 0.2}, None),
     "spul": ("spul", {"epochs": 3, "batch_size": 8, "gate": "none"}, None),
     "spul+gate": ("spul", {"epochs": 3, "batch_size": 8, "gate": "classifier", "alpha": 0.2}, None),
+    "alu": ("alu", {}, None),
 }
 
 

@@ -6,6 +6,7 @@
   prompt classifier.
 - `corruption`: `EmbeddingCorruption` (ECO). `restricted`: `RestrictedDecoding` (GUARD).
 - `logit_diff`: `LogitDifference` (ULD).
+- `agents`: `AgentPipeline` (ALU), whose wrapper's `generate` runs the agents.
 - `classifier`: the prompt classifier of ECO, GUARD and the gated prefixes, its set-up (`fit_detector`)
   and held-out report; `regions`: where a prompt ends and how its question is read back.
 
@@ -30,6 +31,7 @@ KINDS = {
     "embedding_corruption": "obliviate.interventions.corruption:EmbeddingCorruption",
     "restricted_decoding": "obliviate.interventions.restricted:RestrictedDecoding",
     "logit_difference": "obliviate.interventions.logit_diff:LogitDifference",
+    "agents": "obliviate.interventions.agents:AgentPipeline",
 }
 
 
