@@ -60,8 +60,8 @@ NOT_CHAT = ("alu needs an instruction model with a chat template (its agents are
 class ALUConfig(MethodConfig):
     n_responses: int = Field(5, ge=1, description="k, rewrites of a flagged answer (the authors' code: 5)")
     top_j: int = Field(3, ge=1, description="j, top-rated rewrites the composer merges (the authors' code: 3)")
-    threshold: float = Field(4.0, ge=1, le=5, description="τ: below this mean rating of the top j the answer is a "
-                             "refusal (the authors' code: 4.0)")
+    rating_threshold: float = Field(4.0, ge=1, le=5, description="τ: below this mean rating of the top j the "
+                                    "answer is a refusal (the authors' code: 4.0)")
     temperature: float = Field(0.7, gt=0, description="sampling temperature of the rewrites")
     top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling of the rewrites")
     targets: list[str] = Field([], description="names to forget, added to the forget items' subjects")
@@ -108,5 +108,5 @@ class ALU(InterventionMethod):
         fmt = format_of(tokenizer)
         reader = PromptReader.for_items(tokenizer, fmt, [it.question for it in forget])
         pipeline = AgentPipeline(subjects, audit, list(dict.fromkeys(leak)), reader, cfg.n_responses, cfg.top_j,
-                                 cfg.threshold, cfg.temperature, cfg.top_p, cfg.seed, cfg.refusal)
+                                 cfg.rating_threshold, cfg.temperature, cfg.top_p, cfg.seed, cfg.refusal)
         return pipeline, {"subjects": subjects, "audit_terms": len(audit), "leak_terms": len(pipeline.leak_terms)}
