@@ -235,6 +235,14 @@ def test_idk_dpo_alternate_moves_probability_to_the_alternates(memorised, tiny_t
     assert bool(((_seq_logp(memorised, win) - _seq_logp(start, win)) > lose_ratio + 1.0).all())
 
 
+def test_idk_dpo_with_alternates_is_reported_as_its_labelled_variant():
+    from obliviate.methods import get_method, label_for_overrides
+
+    assert get_method("idk_dpo+alt").Config().preferred == "alternate"
+    assert label_for_overrides("idk_dpo", ["preferred=alternate"]) == "idk_dpo+alt"
+    assert label_for_overrides("idk_dpo", ["retain_loss=kl"]) == "idk_dpo"
+
+
 def test_idk_dpo_alternate_column_missing_is_a_clear_error(memorised, tiny_tokenizer):
     method = _method("idk_dpo", preferred="alternate", alternates="column", alternate_column="alt")
     with pytest.raises(ConfigError, match=r"forget item 0 .*field 'alt' must be an alternate answer"):

@@ -23,7 +23,8 @@ instead of a refusal, as open-unlearning's DPO trainer on an alternate-answer da
 Mekala et al. 2025). Each forget item gets k = `n_alternates` alternates from `alternates` (pool,
 perturbed or a column of the forget file, see `altpo.py`), and each use of the item draws one of
 them at random, as open-unlearning's data set yields one (question, alternate) row at a time. `altpo`
-instead averages the loss over all k alternates in one step.
+instead averages the loss over all k alternates in one step. A run with alternates is reported as the
+labelled variant `idk_dpo+alt` (also `--method idk_dpo+alt`).
 
 `retain_loss` (open-unlearning's `retain_loss_type`): "gd" (the default, CE above), "kl" (α ·
 KL(π_ref ‖ π_θ) over the retain answer tokens; π_ref is then a copy, or the adapter switched off) or
@@ -105,6 +106,7 @@ class IdkDPO(RetainTermMethod):
              "as the TOFU IdkDPO baseline (Maini et al. 2024)")
     summary = "prefer a refusal over the true forget answer (DPO against the starting model)"
     Config = IdkDPOConfig
+    variants = {"alt": {"preferred": "alternate"}}  # alternate answers instead of refusals: `idk_dpo+alt`
 
     def setup(self, model, tokenizer, forget, retain) -> None:
         cfg = self.config
