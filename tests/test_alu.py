@@ -167,7 +167,9 @@ def test_alu_forgets_the_people_and_keeps_their_neighbours_on_smollm2(smollm2_di
 
     data = task_dir("real_facts")
     forget = load_task("real_facts", "forget")
-    sets = {"forget": [forget[i] for i in (0, 1, 9, 10, 16, 19)], "neighbours": load_task("real_facts", "neighbours")}
+    # Einstein twice by name; "Who wrote Romeo and Juliet?" and "Who painted the Mona Lisa?" name their target only in
+    # the model's answer, which the audit also reads
+    sets = {"forget": [forget[i] for i in (0, 1, 9, 16)], "neighbours": load_task("real_facts", "neighbours")}
 
     def scores(spec):
         model, tok = ob.load_model(spec, progress=False)
