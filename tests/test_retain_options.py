@@ -247,3 +247,15 @@ def test_idk_dpo_alternate_column_missing_is_a_clear_error(memorised, tiny_token
     method = _method("idk_dpo", preferred="alternate", alternates="column", alternate_column="alt")
     with pytest.raises(ConfigError, match=r"forget item 0 .*field 'alt' must be an alternate answer"):
         method.setup(memorised, tiny_tokenizer, FORGET, RETAIN)
+
+
+def test_graddiff_with_the_kl_retain_term_trains_exactly_as_the_kl_baseline(tiny_tokenizer, tmp_path):
+    from tests.helpers import assert_same_parameters
+
+    models = {}
+    for name, extra in (("graddiff", {"retain_loss": "kl"}), ("kl", {})):
+        models[name] = make_tiny_llama()
+        _method(name, lr=1e-2, epochs=2, batch_size=2, ref="copy", **extra).unlearn(
+            models[name], tiny_tokenizer, FORGET, RETAIN, tmp_path / name, progress=False)
+    assert_same_parameters(models["graddiff"], models["kl"])
+    assert not torch.equal(models["kl"].lm_head.weight, make_tiny_llama().lm_head.weight)
