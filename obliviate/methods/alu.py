@@ -38,7 +38,9 @@ Only generation changes: scoring a given answer (probabilities, truth ratio, MIA
 model, because ALU has no likelihood of its own; read its effect on generation-based metrics.
 
 It needs an instruction model with a chat template; on the built-in world's models (plain text,
-no chat template) it does not apply and says so.
+no chat template) it does not apply and says so. On SmolLM2-135M-Instruct with the `real_facts` task
+(`scripts/real_model.py --methods alu`, docs/real_model.md) forget answer recall falls from 1.00 to
+0.00 and reworded recall from 0.81 to 0.05, with the neighbours' and general facts' answers unchanged.
 """
 
 from __future__ import annotations
