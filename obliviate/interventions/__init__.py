@@ -6,6 +6,7 @@
   prompt classifier.
 - `corruption`: `EmbeddingCorruption` (ECO). `restricted`: `RestrictedDecoding` (GUARD).
 - `logit_diff`: `LogitDifference` (ULD).
+- `agents`: `AgentPipeline` (ALU), whose wrapper's `generate` runs the agents.
 - `classifier`: the prompt classifier of ECO, GUARD and the gated prefixes, its set-up (`fit_detector`)
   and held-out report; `regions`: where a prompt ends and how its question is read back.
 
@@ -32,6 +33,7 @@ KINDS = {
     "logit_difference": "obliviate.interventions.logit_diff:LogitDifference",
     "neuron_shift": "obliviate.interventions.neuron_shift:NeuronShift",
     "key_space_abstention": "obliviate.interventions.key_space:KeySpaceAbstention",
+    "agents": "obliviate.interventions.agents:AgentPipeline",
 }
 
 
