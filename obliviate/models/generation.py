@@ -87,7 +87,7 @@ def plain_decoding(model) -> bool:
 
     if not isinstance(model, PreTrainedModel) or getattr(model.config, "is_encoder_decoder", False):
         return False
-    if not _accepts_logits_to_keep(model):
+    if not _accepts_logits_to_keep(model) or "position_ids" not in inspect.signature(model.forward).parameters:
         return False
     config, default = getattr(model, "generation_config", None), GenerationConfig()
     return config is None or all(getattr(config, k, None) == getattr(default, k, None) for k in _LOGITS_SETTINGS)
