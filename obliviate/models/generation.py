@@ -10,7 +10,7 @@ A plain transformers model (no wrapper, no logits-altering generation settings) 
 loop (`_decode`) instead of `model.generate`: the same prefill and cached steps, greedy by argmax, but a
 finished row leaves the batch at once, so the steps after it cost only the rows still running, and no
 per-step logits processors or stopping criteria run. Its tokens equal `model.generate`'s
-(tests/test_generation_speed.py). Other models (interventions, PEFT wrappers) keep `model.generate`.
+(tests/test_lean_generation.py). Other models (interventions, PEFT wrappers) keep `model.generate`.
 
 `known` gives, per prompt, tokens greedy decoding is already known to produce first: a teacher-forced
 pass over a continuation (`ContinuationScores.greedy_prefix`, from scoring the true answer) shows the
