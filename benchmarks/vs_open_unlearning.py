@@ -5,8 +5,11 @@ directory, in open-unlearning's protocol (chat template, system prompt, date str
 of up to 200 new tokens, batch 32): open-unlearning with `src/eval.py experiment=eval/tofu/default`, and
 obliviate with `obliviate eval --preset open-unlearning`. Each runs `--repeats` times, alternating, as a
 fresh process (imports included); the script prints each time, the machine's load beside it, and the
-ratio of the medians. The retain model's reference results are made once for each, untimed: open-unlearning's
-logs (`retain_logs_path`) and obliviate's evaluated oracle directory (`--oracle DIR`).
+ratio of the medians. It also prints each process's CPU time (user + system, its children included) and
+the ratio of their medians: on a shared machine the wall time also counts waiting for a core, the CPU
+time much less so (both run torch single-threaded under `OMP_NUM_THREADS=1`; a tokenizer's own threads
+count in CPU time, not in wall time). The retain model's reference results are made once for each,
+untimed: open-unlearning's logs (`retain_logs_path`) and obliviate's evaluated oracle directory (`--oracle DIR`).
 
     python benchmarks/vs_open_unlearning.py --ou OU_CHECKOUT --ou-python OU_VENV/bin/python \\
         --ou-config-path OVERLAY_DIR [--repeats 3]
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -51,10 +55,16 @@ def obliviate_command(model: Path, out: Path, oracle: Path | None, generate: boo
             "--json", *([] if generate else ["--no-generate"])]
 
 
-def timed(command: list[str], cwd: Path, env: dict) -> float:
-    t0 = time.perf_counter()
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run of `command`."""
+    t0, c0 = time.perf_counter(), children_cpu()
     subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, children_cpu() - c0
 
 
 def main() -> None:
@@ -76,16 +86,21 @@ def main() -> None:
         subprocess.run(obliviate_command(FIXTURE / "tiny-model-retain", oracle, None, generate=False), cwd=ROOT,
                        env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         times: dict[str, list[float]] = {"open-unlearning": [], "obliviate": []}
+        cpu: dict[str, list[float]] = {"open-unlearning": [], "obliviate": []}
         for i in range(args.repeats):
-            ou_s = timed(ou_command(args, FIXTURE / "tiny-model", tmp / f"ou-{i}", logs), args.ou, env)
-            times["open-unlearning"].append(ou_s)
-            print(f"open-unlearning run {i + 1}: {ou_s:.1f} s ({load()})", flush=True)
-            ob_s = timed(obliviate_command(FIXTURE / "tiny-model", tmp / f"ob-{i}", oracle), ROOT, env)
-            times["obliviate"].append(ob_s)
-            print(f"obliviate run {i + 1}: {ob_s:.1f} s ({load()})", flush=True)
+            runs = (("open-unlearning", ou_command(args, FIXTURE / "tiny-model", tmp / f"ou-{i}", logs), args.ou),
+                    ("obliviate", obliviate_command(FIXTURE / "tiny-model", tmp / f"ob-{i}", oracle), ROOT))
+            for name, command, cwd in runs:
+                wall, used = timed(command, cwd, env)
+                times[name].append(wall)
+                cpu[name].append(used)
+                print(f"{name} run {i + 1}: {wall:.1f} s, CPU {used:.1f} s ({load()})", flush=True)
     ou_med, ob_med = statistics.median(times["open-unlearning"]), statistics.median(times["obliviate"])
+    ou_cpu, ob_cpu = statistics.median(cpu["open-unlearning"]), statistics.median(cpu["obliviate"])
     print(f"median: open-unlearning {ou_med:.1f} s, obliviate {ob_med:.1f} s; "
           f"open-unlearning ÷ obliviate = {ou_med / ob_med:.2f}× ({os.cpu_count()} cores)")
+    print(f"median CPU: open-unlearning {ou_cpu:.1f} s, obliviate {ob_cpu:.1f} s; "
+          f"open-unlearning ÷ obliviate = {ou_cpu / ob_cpu:.2f}×")
 
 
 if __name__ == "__main__":

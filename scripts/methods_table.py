@@ -49,7 +49,9 @@ def main() -> None:
     from obliviate.methods import METHODS
     from obliviate.world import build_world_models
 
-    names = list(METHODS) if args.methods == "all" else args.methods.split(",")
+    # methods that need an instruction model (ALU) do not apply to the world: their rows come from
+    # scripts/real_model.py (docs/real_model.md)
+    names = [n for n in METHODS if not METHODS[n].needs_chat] if args.methods == "all" else args.methods.split(",")
     exe = OBLIVIATE
     # methods that need a mixture-of-experts model (UOE) run on the world's MoE variant, under that
     # variant's own target and oracle rows

@@ -35,6 +35,7 @@ RUNS = {
     "spul": ("spul", {"epochs": 3, "batch_size": 8, "gate": "none"}, None),
     "spul+gate": ("spul", {"epochs": 3, "batch_size": 8, "gate": "classifier", "alpha": 0.2}, None),
     "rocr": ("rocr", {}, None),  # training-free; the paper's defaults (λ 1, layers 3-5 of 30)
+    "alu": ("alu", {}, None),
 }
 
 

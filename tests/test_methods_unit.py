@@ -88,8 +88,10 @@ def test_divergence_guard_stops_on_nan_and_retain_rise(tiny_llama, tiny_tokenize
     with pytest.raises(DivergenceError, match="loss is nan"):
         NanLoss(build_config(cls.Config, {"batch_size": 2})).unlearn(
             tiny_llama, tiny_tokenizer, FORGET, RETAIN, tmp_path / "nan", progress=False)
-    # A huge step with the retain term switched off sends the retain loss up quickly.
-    cfg = build_config(cls.Config, {"lr": 0.5, "alpha": 0.0, "batch_size": 2, "epochs": 20, "retain_rise_limit": 1.5})
+    # A huge step with a retain weight too small to hold it sends the retain loss up quickly (α = 0 would switch
+    # the term off, and with it the retain loss the guard watches).
+    cfg = build_config(cls.Config, {"lr": 0.5, "alpha": 1e-9, "batch_size": 2, "epochs": 20,
+                                    "retain_rise_limit": 1.5})
     with pytest.raises(DivergenceError, match="retain loss rose"):
         cls(cfg).unlearn(tiny_llama, tiny_tokenizer, FORGET, RETAIN, tmp_path / "rise", progress=False)
 

@@ -114,6 +114,21 @@ def test_rouge_l_stemmer():
     assert rouge_l(["running dogs"], ["run dog"], use_stemmer=False)["recall"][0] == 0.0
 
 
+def test_rouge_l_remembering_tokenizer_scores_as_rouge_score_does():
+    from rouge_score import rouge_scorer
+
+    texts = ["The author's books were published in 1998, and she won awards.", "Running dogs ran; the runner runs!",
+             "", "Généralement: caring, carefully, cared — ponies' ponies", "the cat sat on the mat"]
+    refs, preds = [a for a in texts for _ in texts], [b for _ in texts for b in texts]  # every text many times
+    for stem in (True, False):
+        want = [rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem).score(r, p)["rougeL"]
+                for r, p in zip(refs, preds, strict=True)]
+        for _ in range(2):  # the second pass reads what the first remembered
+            got = rouge_l(refs, preds, use_stemmer=stem)
+            assert got["recall"].tolist() == [w.recall for w in want]
+            assert got["f1"].tolist() == [w.fmeasure for w in want]
+
+
 def test_rouge_l_length_mismatch():
     with pytest.raises(ValueError):
         rouge_l(["a", "b"], ["a"])

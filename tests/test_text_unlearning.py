@@ -100,14 +100,14 @@ def test_unlearn_npo_on_a_file_of_passages_trains_and_reports_chunks(tmp_path, m
     assert summary["steps"] == 2 and summary["chunks"]["forget"]["passages"] == 1
     assert summary["chunks"]["forget"]["chunks"] > 1 and summary["truncated"]["forget"] == 0
     assert (tmp_path / "run" / "model").is_dir()
-    # forget passages only: plain NPO (no retain term), said in one line; GradDiff cannot drop its retain term
+    # forget passages only: plain NPO (no retain term), said in one line; KL cannot drop its retain term
     args = ["unlearn", "--model", str(model_dir), "--forget", str(forget), "--set", "max_steps=1"]
     code, out, err = run_cli([*args, "--method", "npo", "--out", str(tmp_path / "plain")], monkeypatch, capsys)
     assert code == 0, err
     assert "without its retain term (retain_loss=none)" in out
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["method_config"]["retain_loss"] == "none"
-    code, _, err = run_cli([*args, "--method", "graddiff", "--out", str(tmp_path / "gd")], monkeypatch, capsys)
-    assert_one_line_error(code, err, "graddiff trains on a retain set too", "no --retain set is given")
+    code, _, err = run_cli([*args, "--method", "kl", "--out", str(tmp_path / "kl")], monkeypatch, capsys)
+    assert_one_line_error(code, err, "kl trains on a retain set too", "no --retain set is given")
 
 
 def test_a_qa_only_method_refuses_text_in_one_line(tmp_path, monkeypatch, capsys):

@@ -169,9 +169,10 @@ def score_set(
     out = SetScores(name, role, [it.subject for it in items], prob, ratio, truth_score, mean_nll=nll)
     if generate and role != "holdout":
         with tracker.phase(name, "generation", len(items)):
+            # Scoring the answer showed the model's greedy choices along it: decoding starts after them.
             out.generations = generate_answers(
                 model, tokenizer, [it.question for it in items], fmt=fmt, max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
+                batch_size=batch_size, known=[s["answer"].greedy_prefix() for s in scored],
             )
         out.rouge = M.rouge_l([it.answer for it in items], out.generations)["recall"]
     if role == "forget":

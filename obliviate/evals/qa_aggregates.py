@@ -65,6 +65,14 @@ def _nanmean(values: np.ndarray) -> float:
     return float(kept.mean()) if len(kept) else float("nan")
 
 
+def _row_nanmeans(values: np.ndarray) -> np.ndarray:
+    """`_nanmean` of each row of a (B, n) array."""
+    kept = ~np.isnan(values)
+    count = kept.sum(1)
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, np.where(kept, values, 0.0).sum(1) / count, np.nan)
+
+
 def _model_utility(comps: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
     """Harmonic mean of the component means ("SET/metric" -> per-item values), with a bootstrap CI
     that resamples the items of each set jointly across its components (module docstring). A component
@@ -79,15 +87,19 @@ def _model_utility(comps: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, 
         if len({len(comps[k]) for k in keys}) > 1:
             raise ValueError(f"model utility: components {keys} of one set differ in length")
     rng = np.random.default_rng(seed)
-    boots = []
+    # Each replicate draws each set's items once (in the order of a loop over replicates, then sets),
+    # and all replicates' component means are then taken at once: (N_BOOT, n) per set.
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in by_set}
     for _ in range(N_BOOT):
-        means = {}
-        for keys in by_set.values():
+        for name, keys in by_set.items():
             n = len(comps[keys[0]])
-            idx = rng.integers(0, n, n)  # one draw of the set's items for all its components
-            means.update({k: _nanmean(np.asarray(comps[k], dtype=float)[idx]) for k in keys})
-        # A replicate that drew only NaN items for a component has no utility; it is left out.
-        boots.append(np.nan if any(np.isnan(v) for v in means.values()) else M.model_utility(means))
+            draws[name].append(rng.integers(0, n, n))  # one draw of the set's items for all its components
+    means = np.column_stack([_row_nanmeans(comps[k][np.stack(draws[name])])
+                             for name, keys in by_set.items() for k in keys])  # (N_BOOT, components)
+    # A replicate that drew only NaN items for a component has no utility; it is left out.
+    with np.errstate(divide="ignore"):
+        boots = np.where(np.isnan(means).any(1), np.nan,
+                         np.where((means == 0).any(1), 0.0, 1.0 / np.mean(1.0 / means, axis=1)))
     lo, hi = np.nanpercentile(boots, [2.5, 97.5])
     return {"value": float(value), "ci_low": float(lo), "ci_high": float(hi), "n": len(names),
             "higher_is_better": True, "components": names}

@@ -197,13 +197,14 @@ def load_spec(root: Path) -> BenchSpec:
 def parse_methods(text: str, moe: bool = False) -> list[str]:
     """"all" or "a,b,c" -> method names, each checked against the method table.
 
-    "all" leaves out the methods that need a mixture-of-experts model (UOE) unless `moe` is set;
-    named explicitly, they are kept and fail in their cells with their own one-line error.
+    "all" leaves out the methods that need a mixture-of-experts model (UOE) unless `moe` is set, and those
+    that need an instruction model (ALU); named explicitly, they are kept and fail in their cells with their
+    own one-line error.
     """
     from obliviate.methods import METHODS, get_method
 
     if text.strip() == "all":
-        return [name for name, cls in METHODS.items() if moe or not cls.needs_moe]
+        return [name for name, cls in METHODS.items() if (moe or not cls.needs_moe) and not cls.needs_chat]
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ConfigError("--methods: give method names (a,b,...) or 'all'")

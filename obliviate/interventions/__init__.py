@@ -6,7 +6,8 @@
   prompt classifier.
 - `corruption`: `EmbeddingCorruption` (ECO). `restricted`: `RestrictedDecoding` (GUARD).
 - `logit_diff`: `LogitDifference` (ULD).
-- `sharded`: `ShardedEnsemble` (S3T: LoRA stacks per shard, aggregated at the log-probabilities).
+- `agents`: `AgentPipeline` (ALU), whose wrapper's `generate` runs the agents.
+- `sharded`: `ShardedEnsemble` (S3T: LoRA stacks per shard, aggregated at the output).
 - `classifier`: the prompt classifier of ECO, GUARD and the gated prefixes, its set-up (`fit_detector`)
   and held-out report; `regions`: where a prompt ends and how its question is read back.
 
@@ -33,6 +34,7 @@ KINDS = {
     "logit_difference": "obliviate.interventions.logit_diff:LogitDifference",
     "neuron_shift": "obliviate.interventions.neuron_shift:NeuronShift",
     "key_space_abstention": "obliviate.interventions.key_space:KeySpaceAbstention",
+    "agents": "obliviate.interventions.agents:AgentPipeline",
     "sharded_ensemble": "obliviate.interventions.sharded:ShardedEnsemble",
 }
 

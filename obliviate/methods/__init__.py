@@ -21,6 +21,7 @@ from obliviate.config import did_you_mean
 from obliviate.data.schema import TextPassage
 from obliviate.errors import ConfigError
 from obliviate.methods.altpo import AltPO
+from obliviate.methods.alu import ALU
 from obliviate.methods.base import VARIANT_SEP, FinetuneMethod, Method, MethodConfig
 from obliviate.methods.ceu import CEU
 from obliviate.methods.eco import ECO
@@ -85,6 +86,7 @@ _TABLE: tuple[type[Method], ...] = (
     NeuronAdjust,
     KeySpaceDetection,
     ROCR,
+    ALU,
     S3T,
 )
 # Labelled variants listed beside the paper's methods (the forms earlier tables reported).

@@ -31,6 +31,9 @@ Differs from the reference:
   - "perturbed": the items' own perturbed answers (TOFU ships GPT-4-written ones). They are the
     very answers the truth ratio and forget quality are computed from, so training towards them
     games those metrics; use them only with that in mind.
+  - "column": alternates the user wrote or generated beforehand (the authors' way, with an instruction
+    model), in a column of the forget file (`alternate_column`, default "alternate": one string or a
+    list of strings per row), which the readers keep in `meta`.
 
 World defaults: lr 1e-3, 10 epochs, α = 5 (the top of open-unlearning's grid), k = 5, "pool". On the
 tiny world (forget10, seed 0) the forget answer probability falls from 0.98 to 0.003 and the retain
@@ -96,6 +99,36 @@ def perturbed_alternates(forget: Sequence[QAItem], k: int, seed: int) -> list[li
     return [_pick(item.perturbed_answers, k, rng) for item in forget]
 
 
+def column_alternates(forget: Sequence[QAItem], column: str, k: int, seed: int) -> list[list[str]]:
+    """k alternates per forget item from its `meta[column]` (a string or a list of strings)."""
+    rng = random.Random(seed)
+    out = []
+    for i, item in enumerate(forget):
+        value = item.meta.get(column)
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+            raise ConfigError(f"forget item {i} ({item.question[:40]!r}): field {column!r} must be an alternate "
+                              f"answer or a list of them (alternates=column, alternate_column={column})")
+        out.append(_pick(values, k, rng))
+    return out
+
+
+AlternateSource = Literal["pool", "perturbed", "column"]
+ALTERNATES_FIELD = ("where alternates come from: pool (retain answers to the same attribute), perturbed (the items' "
+                    "perturbed answers, which the truth ratio also uses) or column (a column of the forget file, "
+                    "alternate_column)")
+
+
+def make_alternates(source: AlternateSource, forget: Sequence[QAItem], retain: Sequence[QAItem], k: int, seed: int,
+                    column: str = "alternate") -> list[list[str]]:
+    """k alternate answers per forget item, from `source` (see the module doc)."""
+    if source == "pool":
+        return pool_alternates(forget, retain, k, seed)
+    if source == "perturbed":
+        return perturbed_alternates(forget, k, seed)
+    return column_alternates(forget, column, k, seed)
+
+
 class AlternateBatches:
     """The forget questions paired with their j-th alternate, batched like the forget batch."""
 
@@ -117,9 +150,9 @@ class AlternateBatches:
 class AltPOConfig(FinetuneConfig, RetainConfig, ReferenceConfig):
     beta: float = Field(0.1, gt=0, description="inverse temperature β of the preference loss")
     n_alternates: int = Field(5, ge=1, description="k, alternate answers per forget question")
-    alternates: Literal["pool", "perturbed"] = Field(
-        "pool", description="where alternates come from: pool (retain answers to the same attribute) or perturbed "
-        "(the items' perturbed answers, which the truth ratio also uses)")
+    alternates: AlternateSource = Field("pool", description=ALTERNATES_FIELD)
+    alternate_column: str = Field("alternate", description="the forget file's column of alternates "
+                                  "(alternates=column)")
     alpha: float = Field(5.0, ge=0, description="weight α of the retain term; world default, the authors use 1 "
                          "(open-unlearning's grid: 1, 2, 5)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW); world default, the authors use 5e-5 "
@@ -137,10 +170,8 @@ class AltPO(RetainTermMethod):
 
     def setup(self, model, tokenizer, forget, retain) -> None:
         cfg = self.config
-        if cfg.alternates == "pool":
-            alternates = pool_alternates(forget, retain, cfg.n_alternates, cfg.seed)
-        else:
-            alternates = perturbed_alternates(forget, cfg.n_alternates, cfg.seed)
+        alternates = make_alternates(cfg.alternates, forget, retain, cfg.n_alternates, cfg.seed,
+                                     cfg.alternate_column)
         self.alternates = AlternateBatches(tokenizer, forget, alternates, cfg.max_length)
         extra = {f"alt{j}": answers for j, answers in enumerate(self.alternates.answers)}
         self.reference = Reference(cfg.ref, needs_logits=cfg.retain_loss == "kl")

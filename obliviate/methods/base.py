@@ -79,6 +79,7 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_retain: ClassVar[bool] = False
     needs_moe: ClassVar[bool] = False  # runs only on mixture-of-experts models
+    needs_chat: ClassVar[bool] = False  # runs only on instruction models with a chat template (not the world's)
     # takes text passages (`TextPassage`: MUSE's and WMDP's corpora) as well as QA items; the loss then
     # runs on every token of a passage, or on its continuation when it has a prefix (train/data.py)
     accepts_text: ClassVar[bool] = False

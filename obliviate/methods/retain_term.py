@@ -1,4 +1,4 @@
-"""The retain term shared by open-unlearning's newer losses (UNDIAL, WGA, SatImp, PDU, AltPO).
+"""The retain term shared by GradDiff, SimNPO, IdkDPO and open-unlearning's newer losses.
 
 open-unlearning's `GradDiff.compute_retain_loss` offers two retain terms, chosen by
 `retain_loss_type`; the methods built on it keep the choice, and so do they here:
@@ -8,13 +8,16 @@ open-unlearning's `GradDiff.compute_retain_loss` offers two retain terms, chosen
   open-unlearning averages over every position of the padded batch instead);
 - "none": no retain term.
 
-`RetainConfig` adds the two fields to a method's config; `RetainTermMethod` is the base of the methods
-that carry it (it reads retain batches only when the term is on, and holds the reference model the KL
-needs); `add_retain` adds the weighted term with its log entry.
+`RetainConfig` adds the two fields to a method's config (`RetainKindConfig` only the first, for a method
+whose weight has another name, such as SimNPO's `gd_coeff`); `RetainTermMethod` is the base of the
+methods that carry it (it reads retain batches only when the term is on, and holds the reference model
+the KL needs); `add_retain` adds the weighted term with its log entry. "gd" is the token-level
+cross-entropy unless the method passes its own `nll` (GradDiff keeps its mean of per-answer means).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -27,41 +30,54 @@ from obliviate.train.losses import ce_loss
 from obliviate.train.reference import Reference
 
 RetainLoss = Literal["none", "gd", "kl"]
+RETAIN_LOSS_FIELD = "retain term: none, gd (cross-entropy on retain answers) or kl (KL to the starting model)"
+Nll = Callable[[object, dict[str, torch.Tensor]], torch.Tensor]
 
 
-class RetainConfig(StrictConfig):
-    """Mixin: the retain term of a method (open-unlearning's `retain_loss_type` and `alpha`)."""
+class RetainKindConfig(StrictConfig):
+    """Mixin: the kind of a method's retain term (open-unlearning's `retain_loss_type`); the subclass
+    names its weight (`retain_weight`)."""
 
-    retain_loss: RetainLoss = Field(
-        "gd", description="retain term: none, gd (cross-entropy on retain answers) or kl (KL to the starting model)")
-    alpha: float = Field(1.0, ge=0, description="weight α of the retain term")
+    retain_loss: RetainLoss = Field("gd", description=RETAIN_LOSS_FIELD)
+
+    def retain_weight(self) -> float:
+        raise NotImplementedError
 
     def uses_retain(self) -> bool:
-        return self.retain_loss != "none" and self.alpha > 0
+        return self.retain_loss != "none" and self.retain_weight() > 0
+
+
+class RetainConfig(RetainKindConfig):
+    """Mixin: the retain term of a method (open-unlearning's `retain_loss_type` and `alpha`)."""
+
+    alpha: float = Field(1.0, ge=0, description="weight α of the retain term")
+
+    def retain_weight(self) -> float:
+        return self.alpha
 
 
 def retain_value(model, batch: dict[str, torch.Tensor] | None, kind: RetainLoss,
-                 reference: Reference | None) -> tuple[torch.Tensor | None, str]:
+                 reference: Reference | None, nll: Nll = ce_loss) -> tuple[torch.Tensor | None, str]:
     """The unweighted retain term on `batch` and its log key ("retain_nll" or "retain_kl")."""
     if kind == "none" or batch is None:
         return None, ""
     if kind == "gd":
-        return ce_loss(model, batch), "retain_nll"
+        return nll(model, batch), "retain_nll"
     if reference is None:
         raise RuntimeError("the KL retain term needs a reference model; call setup first")
     return retain_kl(model, reference, batch), "retain_kl"
 
 
 def add_retain(loss: torch.Tensor, logs: dict[str, float], model, batch: dict[str, torch.Tensor] | None,
-               cfg: RetainConfig, reference: Reference | None) -> torch.Tensor:
+               cfg: RetainKindConfig, reference: Reference | None, nll: Nll = ce_loss) -> torch.Tensor:
     """`loss` + α · retain term (when the config has one); the term is logged unweighted."""
     if not cfg.uses_retain():
         return loss
-    value, key = retain_value(model, batch, cfg.retain_loss, reference)
+    value, key = retain_value(model, batch, cfg.retain_loss, reference, nll)
     if value is None:
         return loss
     logs[key] = float(value.detach())
-    return loss + cfg.alpha * value
+    return loss + cfg.retain_weight() * value
 
 
 class RetainTermMethod(FinetuneMethod):

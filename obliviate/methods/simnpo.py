@@ -9,6 +9,10 @@ authors' code (and open-unlearning) subtract γ before scaling by β, which is w
 where ℓ̄ = −log π_θ(y|x) / |y| is the mean answer NLL (|y| = number of answer tokens, EOS included)
 and CE is the token-level cross-entropy on the retain batch. The two forms agree for γ = 0.
 
+`retain_loss` (open-unlearning's `retain_loss_type`): "gd" (the default, CE above), "kl" (gd_coeff ·
+KL(π_ref ‖ π_θ) over the retain answer tokens, against the starting model) or "none". See
+`retain_term.py`; with "kl" the method holds a reference model, which SimNPO otherwise does without.
+
 Defaults: the TOFU forget05 configuration of the authors' README (Llama-2-7B-chat): β = 2.5, γ = 0,
 npo_coeff = 0.1375, gd_coeff = 1, lr 1e-5, effective batch 32, weight decay 0.01, 10 epochs with
 one epoch of warm-up (`TOFU/config/forget.yaml` and the sweep script; an earlier config file had
@@ -26,23 +30,28 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from obliviate.methods.base import FinetuneConfig, FinetuneMethod, LossOutput
+from obliviate.methods.base import FinetuneConfig, LossOutput
 from obliviate.methods.defaults import TOFU_FINETUNE
-from obliviate.train.losses import answer_nll, ce_loss
+from obliviate.methods.retain_term import RetainKindConfig, RetainTermMethod, add_retain
+from obliviate.train.losses import answer_nll
+from obliviate.train.reference import ReferenceConfig
 
 
-class SimNPOConfig(FinetuneConfig):
+class SimNPOConfig(FinetuneConfig, RetainKindConfig, ReferenceConfig):
     beta: float = Field(2.5, description="inverse temperature β", gt=0)
     gamma: float = Field(0.0, description="reward margin γ, subtracted from the mean answer NLL", ge=0)
     npo_coeff: float = Field(0.1375, description="weight of the forget (SimNPO) term", ge=0)
-    gd_coeff: float = Field(1.0, description="weight of the retain cross-entropy", ge=0)
+    gd_coeff: float = Field(1.0, description="weight of the retain term (open-unlearning's alpha)", ge=0)
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW); world default, the authors use "
                       "1e-5 on 7B models")
     epochs: int = Field(10, ge=1, description="passes over the forget set; world default (the authors' "
                         "sweep also uses 10)")
 
+    def retain_weight(self) -> float:
+        return self.gd_coeff
 
-class SimNPO(FinetuneMethod):
+
+class SimNPO(RetainTermMethod):
     paper_defaults = {**TOFU_FINETUNE, "epochs": 10, "warmup_ratio": 0.1}
     name = "simnpo"
     paper = ("Fan et al. 2024, Simplicity Prevails: "
@@ -50,16 +59,11 @@ class SimNPO(FinetuneMethod):
     accepts_text = True
     summary = "reference-free NPO on the length-normalised forget NLL, plus retain cross-entropy"
     Config = SimNPOConfig
-    uses_retain = True
 
     def compute_loss(self, model, batch) -> LossOutput:
         cfg = self.config
         forget_nll = answer_nll(model, batch.forget)  # (B,) mean NLL per answer: −log π / |y|
         forget_loss = -(2.0 / cfg.beta) * F.logsigmoid(cfg.beta * (forget_nll - cfg.gamma)).mean()
-        loss = cfg.npo_coeff * forget_loss
         logs = {"forget_loss": float(forget_loss.detach()), "forget_nll": float(forget_nll.detach().mean())}
-        if cfg.gd_coeff > 0:
-            retain = ce_loss(model, batch.retain)
-            loss = loss + cfg.gd_coeff * retain
-            logs["retain_nll"] = float(retain.detach())
+        loss = add_retain(cfg.npo_coeff * forget_loss, logs, model, batch.retain, cfg, self.reference)
         return LossOutput(loss, logs)

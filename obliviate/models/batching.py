@@ -32,6 +32,18 @@ class ContinuationScores:
     argmax_match: np.ndarray
     mu: np.ndarray | None = None
     var: np.ndarray | None = None
+    argmax: np.ndarray | None = None  # the model's top token at each position (its greedy choice)
+
+    def greedy_prefix(self) -> list[int]:
+        """The tokens greedy decoding is known to produce first: the continuation up to its first token the
+        model would not have chosen, then the token it would have chosen there (the whole continuation when
+        every token is its choice). Teacher forcing feeds the continuation, so its top tokens are greedy
+        decoding's choices for as long as the two agree."""
+        if self.argmax is None:
+            return []
+        miss = np.flatnonzero(~self.argmax_match)
+        end = int(miss[0]) + 1 if miss.size else self.n_tokens
+        return [int(t) for t in self.argmax[:end]]
 
     @property
     def n_tokens(self) -> int:
@@ -50,7 +62,8 @@ class ContinuationScores:
 def _empty_scores(token_stats: bool) -> ContinuationScores:
     empty = np.zeros(0, dtype=np.float32)
     stats = empty.copy() if token_stats else None
-    return ContinuationScores(empty, np.zeros(0, dtype=bool), stats, None if stats is None else empty.copy())
+    return ContinuationScores(empty, np.zeros(0, dtype=bool), stats, None if stats is None else empty.copy(),
+                              np.zeros(0, dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,14 +118,15 @@ def _expandable(cache: object, length: int) -> bool:
 
 
 def _row_scores(logits: torch.Tensor, targets: torch.Tensor, token_stats: bool) -> list[torch.Tensor]:
-    """Scores of `targets` under `logits`: (M, V), (M,) -> [logprob, match, (mu, var)], each (M,)."""
+    """Scores of `targets` under `logits`: (M, V), (M,) -> [logprob, match, argmax, (mu, var)], each (M,)."""
     chunk = max(1, _FLOAT_BUDGET // max(1, logits.shape[-1]))
     parts: list[list[torch.Tensor]] = []
     for s in range(0, logits.shape[0], chunk):
         x = logits[s : s + chunk].float()  # (m, V)
         y = targets[s : s + chunk, None]  # (m, 1)
         logp = x.log_softmax(-1)  # (m, V); one fused pass, cheaper than logsumexp + subtract
-        out = [logp.gather(-1, y).squeeze(-1), x.argmax(-1) == y.squeeze(-1)]
+        top = x.max(-1).indices  # the first maximum, as argmax; half argmax's time on CPU
+        out = [logp.gather(-1, y).squeeze(-1), top == y.squeeze(-1), top]
         if token_stats:
             p = logp.exp()
             mu = (p * logp).sum(-1)
@@ -134,9 +148,9 @@ def _assemble(first: list[torch.Tensor] | None, rest: list[torch.Tensor], splits
         cols = [c[offsets[k] : offsets[k] + n] for c in cols_rest]
         if cols_first is not None:
             cols = [np.concatenate([f[k : k + 1], c]) for f, c in zip(cols_first, cols, strict=True)]
-        logprobs, match = cols[0].astype(np.float32), cols[1].astype(bool)
-        mu, var = (cols[2].astype(np.float32), cols[3].astype(np.float32)) if token_stats else (None, None)
-        results.append(ContinuationScores(logprobs, match, mu, var))
+        logprobs, match, top = cols[0].astype(np.float32), cols[1].astype(bool), cols[2].astype(np.int64)
+        mu, var = (cols[3].astype(np.float32), cols[4].astype(np.float32)) if token_stats else (None, None)
+        results.append(ContinuationScores(logprobs, match, mu, var, top))
     return results
 
 

@@ -202,11 +202,17 @@ def encode_prompt(tokenizer, prompt: str, fmt: PromptFormat | None = None) -> li
     return list(tokenizer(prompt, add_special_tokens=_special(fmt))["input_ids"])
 
 
+def _ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    """Token ids of many texts, without the attention masks (building them costs as much as the ids)."""
+    return tokenizer(texts, add_special_tokens=special, return_attention_mask=False,
+                     return_token_type_ids=False)["input_ids"]
+
+
 def encode_prompts(tokenizer, prompts: list[str], fmt: PromptFormat | None = None) -> list[list[int]]:
     """`encode_prompt` for many prompts in one batched tokenizer call (same ids, much faster)."""
     if not prompts:
         return []
-    return [list(ids) for ids in tokenizer(list(prompts), add_special_tokens=_special(fmt))["input_ids"]]
+    return [list(ids) for ids in _ids(tokenizer, list(prompts), _special(fmt))]
 
 
 def encode_answer(tokenizer, answer_text: str, eos: bool = True) -> list[int]:
@@ -221,7 +227,7 @@ def encode_answers(tokenizer, answer_texts: list[str], eos: bool = True) -> list
     """`encode_answer` for many texts in one batched tokenizer call (same ids, much faster)."""
     if not answer_texts:
         return []
-    batch = tokenizer(list(answer_texts), add_special_tokens=False)["input_ids"]
+    batch = _ids(tokenizer, list(answer_texts), False)
     tail = [tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else []
     return [list(ids) + tail for ids in batch]
 

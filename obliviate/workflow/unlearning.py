@@ -130,6 +130,9 @@ def run_unlearn(method: str, model_spec: str, out: Path, forget: str | None = No
     if info is not None:
         info(describe_defaults(cls, mode, config))
     ref = parse_world_spec(model_spec, split)
+    if cls.needs_chat and ref is not None:
+        raise ObliviateError(f"{method} does not apply to the built-in world's models: it needs an instruction model "
+                             "with a chat template (e.g. --model gguf:smollm2 --prompt chat)")
     spec = None
     if data is not None:
         from obliviate.workflow import data as specs
