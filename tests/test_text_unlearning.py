@@ -8,6 +8,7 @@ refuse text in one line. Tested on MUSE's corpus fixture and on the world's biog
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -156,5 +157,12 @@ def test_every_method_that_takes_text_trains_on_passages(name, tiny_tokenizer, t
     forget = [TextPassage(PASSAGES[0]), TextPassage("Alice and Bob met in London", "Alice and Bob", " met in London")]
     retain = [TextPassage("one two three four five six seven eight nine ten yes no maybe")]
     before = [p.detach().clone() for p in model.parameters()]
-    cls(config).unlearn(model, tiny_tokenizer, forget, retain, tmp_path / "run", progress=False)
+    method = cls(config)
+    method.unlearn(model, tiny_tokenizer, forget, retain, tmp_path / "run", progress=False)
+    if getattr(cls, "exact", False):  # s3t trains LoRA slices on the passages, then drops those that saw forget ones
+        logs = [json.loads(line) for log in (tmp_path / "run" / "slices").glob("*/train_log.jsonl")
+                for line in log.read_text().splitlines()]
+        assert logs and all(math.isfinite(row["loss"]) for row in logs), name
+        assert method.ensemble.last_deletion["items"] == len(forget)
+        return
     assert any((a != b).any() for a, b in zip(before, model.parameters(), strict=True)), name
