@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="forget10")
+    parser.add_argument("--alpha", type=float, default=0.05, help="the classifier's false-negative bound")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -71,13 +72,15 @@ def main() -> None:
     model, tok = load_model(models.target, device="cpu")
     world = get_world(args.preset, args.seed)
     forget, retain = world.forget_train(args.split), world.retain_train(args.split)
-    alone, _ = fit_detector(tok, forget, retain, prefilter=None)
-    cascade, report = fit_detector(tok, forget, retain, prefilter="hashing")
+    alone, _ = fit_detector(tok, forget, retain, alpha=args.alpha, prefilter=None)
+    cascade, report = fit_detector(tok, forget, retain, alpha=args.alpha, prefilter="hashing")
     if cascade.classifier.prefilter is None:
-        print(f"world:{args.preset}@{args.seed} {args.split}: too few calibration groups for a prefilter "
-              f"({report['n_calibration']}); the classifier is MiniLM alone")
+        print(f"world:{args.preset}@{args.seed} {args.split}: too few calibration groups for a prefilter at "
+              f"alpha {args.alpha} ({report['n_calibration']}, it needs {2 / args.alpha - 1:.0f}); "
+              "the classifier is MiniLM alone")
         return
-    print(f"world:{args.preset}@{args.seed} {args.split}  prefilter τ = {cascade.classifier.prefilter.threshold:.3f}  "
+    print(f"world:{args.preset}@{args.seed} {args.split}  alpha {args.alpha}  "
+          f"prefilter τ = {cascade.classifier.prefilter.threshold:.3f}  "
           f"MiniLM τ = {alone.classifier.threshold:.3f} alone, {cascade.classifier.threshold:.3f} behind the prefilter")
     print(f"{'prompts':24s} {'n':>6s} {'MiniLM alone':>13s} {'cascade':>8s} {'differ':>7s} {'to MiniLM':>10s}")
     totals = np.zeros(4, dtype=int)
