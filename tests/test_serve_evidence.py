@@ -32,6 +32,19 @@ def test_gates_pass_fail_and_not_applicable():
     assert not check_gates(gates, BEFORE, {**good, "utility": None}).passed  # utility unmeasured: no pass
 
 
+def test_a_drop_gate_fails_a_candidate_that_only_sits_under_a_bound_the_live_model_met():
+    gates = GatesConfig(forget_max={"forget_rouge": 0.4}, forget_min_drop={"forget_probability": 0.3})
+    live = {"forget_rouge": 0.4, "forget_probability": 0.9, "utility": 0.9}
+    unchanged = {**live, "forget_probability": 0.85}
+    report = check_gates(gates, live, unchanged)
+    assert report.failed() == ["forget_probability drop >= 0.3"]  # the bound alone would have passed it
+    moved = next(c for c in report.checks if "drop >= 0.3" in c.gate)
+    assert (moved.before, moved.after, moved.value) == (0.9, 0.85, pytest.approx(0.05))
+    assert check_gates(gates, live, {**live, "forget_probability": 0.5}).passed
+    with pytest.raises(ConfigError, match="gates.forget_min_drop: unknown metric"):
+        check_config(GatesConfig(forget_min_drop={"forget_prob": 0.3}))
+
+
 def test_attack_gates_need_a_measured_recovery():
     gates = GatesConfig(attacks=["relearn", "forms"], attack_recovery_max=0.3)
     after = {**BEFORE, "utility": 0.9}

@@ -53,6 +53,10 @@ class GatesConfig(_Strict):
 
     forget_max: dict[str, float] = Field(default_factory=dict, description="metric -> the most allowed on the "
                                          "request's items, e.g. forget_rouge: 0.4")
+    forget_min_drop: dict[str, float] = Field(default_factory=dict, description="metric -> the least the candidate "
+                                              "must lower it below the live model's on the request's items, e.g. "
+                                              "forget_probability: 0.3 (a bound alone passes a model that never "
+                                              "stated the fact, or that states it in other words)")
     attack_recovery_max: float | None = Field(None, description="the most recovery any configured attack may show")
     attacks: list[str] = Field(default_factory=list, description="attacks run against the candidate")
     attack_overrides: dict[str, Any] = Field(default_factory=dict, description="the attacks' settings, "

@@ -10,6 +10,8 @@ Scores (one model, `score_model`), each a mean over items:
 Gates (`check_gates`), from the config's `gates`:
 - each `forget_max[metric]`: the candidate's metric on the request's items is at most the bound (a metric
   the items do not have, e.g. ROUGE for texts only, is reported as not applicable);
+- each `forget_min_drop[metric]`: live metric - candidate metric is at least the bound (the candidate must have
+  moved what the request names, not only sit under a bound the live model may already meet);
 - `utility_drop_max`: live utility - candidate utility is at most the bound (the live model is the one
   served now: the base, or the last published adapter);
 - `attack_recovery_max`: every configured attack's recovery on the request's items is at most the bound.
@@ -35,10 +37,11 @@ def check_config(gates: GatesConfig) -> None:
     """Refuse gate metrics this module does not compute, and attacks that do not exist, before any work."""
     from obliviate.config import did_you_mean
 
-    for name in gates.forget_max:
-        if name not in FORGET_METRICS:
-            raise ConfigError(f"gates.forget_max: unknown metric '{name}' (choose from {', '.join(FORGET_METRICS)})"
-                              f"{did_you_mean(name, FORGET_METRICS)}")
+    for key, names in (("forget_max", gates.forget_max), ("forget_min_drop", gates.forget_min_drop)):
+        for name in names:
+            if name not in FORGET_METRICS:
+                raise ConfigError(f"gates.{key}: unknown metric '{name}' (choose from {', '.join(FORGET_METRICS)})"
+                                  f"{did_you_mean(name, FORGET_METRICS)}")
     if gates.attacks:
         from obliviate.attacks import get_attack
 
@@ -125,6 +128,11 @@ def check_gates(gates: GatesConfig, before: dict[str, float | None], after: dict
         value = after.get(name)
         checks.append(Check(f"{name} <= {limit}", value, limit, None if value is None else value <= limit,
                             before.get(name), value))
+    for name, least in gates.forget_min_drop.items():
+        was, now = before.get(name), after.get(name)
+        moved = None if was is None or now is None else was - now
+        checks.append(Check(f"{name} drop >= {least}", now, least, None if moved is None else moved >= least,
+                            was, moved))
     live, candidate = before.get("utility"), after.get("utility")
     if live is not None and candidate is not None:
         drop = live - candidate
