@@ -33,3 +33,18 @@ def replace_block(doc: Path, begin: str, end: str, block: str, title: str) -> No
     start, stop = text.index(begin), text.index(end) + len(end)
     with atomic_open(doc) as handle:
         handle.write(text[:start] + block + text[stop:])
+
+
+def cell(agg: dict, key: str, ks: bool = False) -> str:
+    """One aggregate as a table cell: the value, then its 95% CI; forget quality in scientific notation
+    below 0.01, and with `ks` its KS statistic and item count in place of a CI."""
+    a = agg.get(key)
+    if not a:
+        return "—"
+    v = a["value"]
+    text = f"{v:.2e}" if key == "forget_quality" and v < 0.01 else f"{v:.3f}"
+    if ks and key == "forget_quality":
+        text += f" (KS {a['ks_statistic']:.3f}, n {a['n']})"
+    elif "ci_low" in a:
+        text += f" [{a['ci_low']:.2f}, {a['ci_high']:.2f}]"
+    return text

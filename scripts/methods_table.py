@@ -18,20 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _cli import OBLIVIATE, Failed, replace_block, run
+from _cli import OBLIVIATE, Failed, cell, replace_block, run
 
 BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
-
-
-def cell(agg: dict, key: str) -> str:
-    a = agg.get(key)
-    if not a:
-        return "—"
-    v = a["value"]
-    text = f"{v:.2e}" if key == "forget_quality" and v < 0.01 else f"{v:.3f}"
-    if "ci_low" in a:
-        text += f" [{a['ci_low']:.2f}, {a['ci_high']:.2f}]"
-    return text
 
 
 def main() -> None:

@@ -16,22 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _cli import replace_block
+from _cli import cell, replace_block
 
 BEGIN, END = "<!-- s3t-table:begin -->", "<!-- s3t-table:end -->"
-
-
-def cell(agg: dict, key: str) -> str:
-    a = agg.get(key)
-    if not a:
-        return "—"
-    v = a["value"]
-    text = f"{v:.2e}" if key == "forget_quality" and v < 0.01 else f"{v:.3f}"
-    if key == "forget_quality":
-        text += f" (KS {a['ks_statistic']:.3f}, n {a['n']})"
-    elif "ci_low" in a:
-        text += f" [{a['ci_low']:.2f}, {a['ci_high']:.2f}]"
-    return text
 
 
 def main() -> None:
@@ -82,7 +69,7 @@ def main() -> None:
         return "0.00" if left_out else f"{d[key]:.2f}"
 
     body = "".join(
-        f"| {name} | {cell(a, 'forget_quality')} | {cell(a, 'model_utility')} | {cell(a, 'forget/rouge')} | "
+        f"| {name} | {cell(a, 'forget_quality', ks=True)} | {cell(a, 'model_utility')} | {cell(a, 'forget/rouge')} | "
         f"{cell(a, 'retain/rouge')} | {frac(d, 'cost_fraction')} | {frac(d, 'deactivated_fraction')} |\n"
         for name, a, d, _ in rows)
     utility = {name: a.get("model_utility", {}).get("value") for name, a, _, _ in rows}
