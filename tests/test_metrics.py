@@ -329,3 +329,24 @@ def test_summarize():
     assert out["n"] == 3
     assert out["higher_is_better"] is False
     assert out["ci_low"] <= 2.0 <= out["ci_high"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_roc_curve_matches_scikit_learn(seed):
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    from obliviate.metrics.mia import roc_auc, roc_curve
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 300))
+    labels = rng.integers(0, 2, n)
+    labels[:2] = [0, 1]
+    # Seeds 0-2 draw heavily tied scores (tied pairs and diagonal runs), 3-5 continuous ones.
+    scores = rng.integers(0, 6, n).astype(float) if seed < 3 else rng.normal(size=n)
+    fpr, tpr = roc_curve(labels, scores)
+    sk_fpr, sk_tpr, _ = sk_roc_curve(labels, scores)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert tpr[fpr <= 0.01].max() == sk_tpr[sk_fpr <= 0.01].max()

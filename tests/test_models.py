@@ -144,8 +144,31 @@ def test_shared_prompt_feeds_each_prompt_once(tiny_llama):
     score_continuations(tiny_llama, prompts, continuations, batch_size=32, share_prompt=False)
     concat = sum(seen)
     hook.remove()
-    assert shared == 4 * 20 + 24 * 4  # each prompt once + every continuation minus its last token
+    # The 19 tokens every prompt shares once, each prompt's last token, each continuation minus its last token.
+    assert shared == 19 + 4 * 1 + 24 * 4
     assert concat == 24 * 25
+
+
+def test_a_prefix_shared_by_every_prompt_is_encoded_once_and_scores_the_same(tiny_llama):
+    from obliviate.models import packing
+
+    rng = np.random.default_rng(11)
+    ids = lambda lo, hi: rng.integers(4, 300, int(rng.integers(lo, hi))).tolist()  # noqa: E731
+    head = ids(12, 13)  # a system turn that every prompt starts with
+    prompts = [head + ids(1, 6) for _ in range(5)]
+    continuations = [[ids(1, 7) for _ in range(3)] for _ in prompts]
+    seen = []
+    got = score_continuations(tiny_llama, prompts, continuations, batch_size=2)  # the probe runs first
+    assert packing._PACKING_SUPPORT[tiny_llama] == (True, True)
+    hook = tiny_llama.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
+    again = score_continuations(tiny_llama, prompts, continuations, batch_size=2, token_stats=True)
+    hook.remove()
+    fed = sum(len(p) - 12 for p in prompts) + sum(len(c) - 1 for cs in continuations for c in cs)
+    assert seen[0] == 12 and sum(n for n in seen[1:]) <= fed + 2 * len(prompts) * 7  # rows pad to their longest
+    for i, p in enumerate(prompts):
+        for j, c in enumerate(continuations[i]):
+            assert_matches(got[i][j], reference_scores(tiny_llama, p, c), token_stats=False)
+            assert_matches(again[i][j], reference_scores(tiny_llama, p, c), token_stats=True)
 
 
 class _Ignores4DMasks(torch.nn.Module):
@@ -167,22 +190,24 @@ def test_a_model_that_ignores_packed_masks_is_scored_another_way():
     model = _Ignores4DMasks(make_tiny_llama())
     prompts, continuations = random_batch(model.inner, seed=4)
     got = score_continuations(model, prompts, continuations, batch_size=3)
-    assert packing._PACKING_SUPPORT[model] is False
+    assert packing._PACKING_SUPPORT[model] == (False, False)
     score_continuations(model.inner, prompts, continuations, batch_size=3)
-    assert packing._PACKING_SUPPORT[model.inner] is True  # the same weights, honouring the mask, pack
+    assert packing._PACKING_SUPPORT[model.inner][0] is True  # the same weights, honouring the mask, pack
     for i, p in enumerate(prompts):
         for j, c in enumerate(continuations[i]):
             assert_matches(got[i][j], reference_scores(model.inner, p, c), token_stats=False)
 
 
-def test_packed_rows_split_long_items_and_still_match(monkeypatch):
+@pytest.mark.parametrize("shared", [0, 10])
+def test_packed_rows_split_long_items_and_still_match(monkeypatch, shared):
     from obliviate.models import packing
 
     model = make_tiny_llama()
-    monkeypatch.setattr(packing, "_MAX_PACKED_ROW", 12)
+    monkeypatch.setattr(packing, "_MAX_PACKED_ROW", 12 + shared)
     prompts, continuations = random_batch(model, seed=5)
+    prompts = [list(range(20, 20 + shared)) + p for p in prompts]  # with a prefix every prompt shares
     got = score_continuations(model, prompts, continuations, batch_size=2, token_stats=True)
-    assert packing._PACKING_SUPPORT[model] is True
+    assert packing._PACKING_SUPPORT[model] == (True, True)
     for i, p in enumerate(prompts):
         for j, c in enumerate(continuations[i]):
             assert_matches(got[i][j], reference_scores(model, p, c), token_stats=True)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from obliviate.metrics.mia import roc_auc
+
 PRESET = "open-unlearning"
 SYSTEM_PROMPT = "You are a helpful assistant."
 DATE_STRING = "10 Apr 2025"
@@ -60,10 +62,8 @@ def min_k(logprobs: Sequence[np.ndarray], k: float = MIN_K) -> np.ndarray:
 
 def min_k_auc(forget_scores: np.ndarray, holdout_scores: np.ndarray) -> float:
     """ROC AUC with forget labelled 0 and holdout 1 (1.0: the model memorised the forget set)."""
-    from sklearn.metrics import roc_auc_score
-
     labels = np.r_[np.zeros(len(forget_scores)), np.ones(len(holdout_scores))]
-    return float(roc_auc_score(labels, np.r_[forget_scores, holdout_scores]))
+    return roc_auc(labels, np.r_[forget_scores, holdout_scores])
 
 
 def privleak(auc: float, ref_auc: float | None) -> float:

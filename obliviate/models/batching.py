@@ -112,6 +112,12 @@ def _expandable(cache: object, length: int) -> bool:
     return True
 
 
+def _select_rows(cache: DynamicCache, rows: torch.Tensor, config) -> DynamicCache:
+    """A new cache holding batch entries `rows` of `cache` (repeats allowed); `cache` is untouched."""
+    data = [tuple(None if t is None else t[rows] for t in kv[:2]) for kv in cache]
+    return DynamicCache(data, config=config)
+
+
 # ---------------------------------------------------------------------------------------------
 # Logits -> per-token scores
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,6 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
 
 from obliviate.errors import ConfigError, ObliviateError
 from obliviate.models.batching import (  # noqa: F401  (re-exported: the public names of scoring)
@@ -52,6 +51,7 @@ from obliviate.models.batching import (  # noqa: F401  (re-exported: the public 
     _row_scores,
     _score_concatenated,
     _score_spans,
+    _select_rows,
     eval_mode,
     model_device,
     pad_ids,
@@ -76,12 +76,6 @@ def _prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, logits_to_kee
     keep = {"logits_to_keep": 1} if logits_to_keep else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
     return out.logits[:, -1], out.past_key_values, mask
-
-
-def _select_rows(cache: DynamicCache, rows: torch.Tensor, config) -> DynamicCache:
-    """A new cache holding batch entries `rows` of `cache` (repeats allowed); `cache` is untouched."""
-    data = [tuple(None if t is None else t[rows] for t in kv[:2]) for kv in cache]
-    return DynamicCache(data, config=config)
 
 
 def _score_after_prefill(model, cache, p_mask, rows, conts, token_stats, pad_id):
