@@ -165,6 +165,43 @@ def test_rtn_quantise_rounds_to_a_4_bit_grid():
             assert torch.all((group_q - group_w).abs() <= step / 2 + 1e-6)
 
 
+class _Holder(torch.nn.Module):
+    """Holds a LoRA model without merging it, as the sharded (S3T) intervention holds its adapters."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids):
+        return self.inner(input_ids=input_ids).logits
+
+
+@pytest.mark.parametrize("scheme", ["int8", "rtn4"])
+def test_quantisers_leave_unmerged_lora_adapters_in_full_precision(scheme):
+    from peft import LoraConfig, get_peft_model
+
+    from obliviate.attacks.quantize import quantise_int8, quantise_rtn4
+    from tests.conftest import make_tiny_llama
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    lora = get_peft_model(make_tiny_llama(), config)
+    model = _Holder(lora).eval()
+    ids = torch.tensor([[5, 9, 12, 40, 7]])
+    quantised = quantise_int8(model) if scheme == "int8" else quantise_rtn4(model, group_size=16)
+    out = quantised(ids)  # a quantised LoRA layer used to fail here ('function' object has no attribute 'dtype')
+    assert out.shape == model(ids).shape and torch.isfinite(out).all()
+    for name, module in quantised.named_modules():
+        if name.endswith("lora_A.default") or name.endswith("lora_B.default"):
+            original = model.get_submodule(name)
+            assert type(module) is torch.nn.Linear and torch.equal(module.weight, original.weight)
+    base = "inner.base_model.model.model.layers.0.self_attn.q_proj.base_layer"
+    if scheme == "int8":
+        assert type(quantised.get_submodule(base)) is not torch.nn.Linear  # the base layer is quantised
+    else:
+        assert not torch.equal(quantised.get_submodule(base).weight, model.get_submodule(base).weight)
+
+
 # -- plumbing on a tiny model built in code --------------------------------------------------------
 
 

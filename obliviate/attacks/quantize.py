@@ -16,8 +16,10 @@ asked of each model after
 
 Linear layers inside the transformer blocks are quantised; the output head (often tied to the
 embeddings) and the embeddings stay in full precision, as transformers does for bitsandbytes.
-For an inference-time run the frozen base model under the intervention is quantised. The
-unquantised model is the `none` row, a reference that is not part of the headline.
+For an inference-time run the frozen base model under the intervention is quantised; LoRA adapters
+that an intervention keeps unmerged (S3T's shards) stay in full precision around the quantised base
+layers, as QLoRA serves them. The unquantised model is the `none` row, a reference that is not part
+of the headline.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def _copy(model: nn.Module) -> nn.Module:
 
 
 def _linears(module: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """The Linear layers to quantise: not the output head, nor a LoRA adapter's own matrices."""
     return [(name, m) for name, m in module.named_modules()
-            if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] not in KEEP]
+            if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] not in KEEP
+            and not any(part.startswith("lora_") for part in name.split("."))]
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
