@@ -73,11 +73,13 @@ def main() -> None:
                                                     ("max_retain", args.max_retain)) if v is not None) + "".join(
         f" --set {pair}" for pair in args.sets)
     settings = "".join(f" `{pair.split(':', 1)[0]}` runs with `{pair.split(':', 1)[1]}`." for pair in args.sets)
+    settings += " Rows run with such settings show them beside the name." if args.sets else ""
     failed = "".join(f"\n- `{label}` did not finish: {why}" for label, why in outcome.failed.items())
     text = "\n".join([
         "# Results",
         "",
-        ("Every method (but `uoe`, which needs a mixture-of-experts model: see docs/methods.md)"
+        ("Every method but `uoe` (it needs a mixture-of-experts model) and `alu` (it needs an instruction "
+         "model with a chat template; see docs/real_model.md)"
          if args.methods == "all" else "The methods " + ", ".join(f"`{m}`" for m in spec.methods))
         + ", each with its default config" + (" but for the settings below" if args.sets else "")
         + f", on the built-in `{args.preset}` world, forget splits "

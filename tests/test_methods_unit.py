@@ -118,9 +118,12 @@ def test_papers_names_keep_the_papers_defaults_and_departures_are_labelled_varia
     assert method_label("ga", {"lr": 1.0}) == "ga"
     with pytest.raises(ConfigError, match="did you mean 'spul\\+gate'"):
         get_method("spul+gat")
-    spec = BenchSpec(methods=["spul", "icul"], splits=["forget01"], seeds=[0],
-                     overrides={"spul": ["gate=classifier"]})
+    spec = BenchSpec(methods=["spul", "icul", "eco", "spul+gate"], splits=["forget01"], seeds=[0],
+                     overrides={"spul": ["gate=classifier"], "eco": ["alpha=0.2"], "spul+gate": ["alpha=0.2"]})
     assert display_name(spec, "spul") == "spul+gate" and display_name(spec, "icul") == "icul"
+    # Settings that no variant names are shown beside the name, so the row never passes for the defaults.
+    assert display_name(spec, "eco") == "eco (alpha=0.2)"
+    assert display_name(spec, "spul+gate") == "spul+gate (alpha=0.2)"
 
 
 def test_divergence_guard_watches_any_retain_term_and_the_gradients(tiny_llama, tiny_tokenizer, tmp_path):

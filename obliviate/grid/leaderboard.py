@@ -131,10 +131,15 @@ def _views(spec: BenchSpec, root: Path) -> dict[tuple[str, str], dict[int | None
 
 def display_name(spec: BenchSpec, method: str) -> str:
     """The name a method's rows are shown under: its labelled variant under the bench's `--set` pairs
-    (`spul` with `gate=classifier` is `spul+gate`)."""
-    from obliviate.methods import label_for_overrides
+    (`spul` with `gate=classifier` is `spul+gate`), followed by any other pair in parentheses, so that
+    a row run away from the defaults never passes for them (`eco (alpha=0.2)`)."""
+    from obliviate.methods import METHODS, label_for_overrides
 
-    return label_for_overrides(method, spec.overrides.get(method, []))
+    pairs = spec.overrides.get(method, [])
+    cls = METHODS.get(method)
+    labelled = {key for values in getattr(cls, "variants", {}).values() for key in values}
+    others = [pair.replace(" ", "") for pair in pairs if pair.split("=", 1)[0].strip() not in labelled]
+    return label_for_overrides(method, pairs) + (f" ({', '.join(others)})" if others else "")
 
 
 def _missing(spec: BenchSpec, root: Path) -> dict[tuple[str, str], list[str]]:
