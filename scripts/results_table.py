@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TABLE_END = "<!-- results-table:end: the reading below is written by hand and kept when the table is regenerated -->"
 sys.path.insert(0, str(ROOT))
 
 
@@ -98,9 +99,13 @@ def main() -> None:
         to_markdown(board),
         *(["", "Cells that did not finish:" + failed] if failed else []),
         "",
+        TABLE_END,
     ])
+    # The reading written under the table is kept; only what the bench produces is replaced.
+    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    reading = old.split(TABLE_END, 1)[1] if TABLE_END in old else "\n"
     with atomic_open(args.out) as handle:
-        handle.write(text)
+        handle.write(text + reading)
     print(text)
 
 
