@@ -124,6 +124,10 @@ def test_papers_names_keep_the_papers_defaults_and_departures_are_labelled_varia
     # Settings that no variant names are shown beside the name, so the row never passes for the defaults.
     assert display_name(spec, "eco") == "eco (alpha=0.2)"
     assert display_name(spec, "spul+gate") == "spul+gate (alpha=0.2)"
+    # A setting that every method of the bench was given is the bench's, not one row's.
+    everyone = BenchSpec(methods=["ga", "npo"], splits=["forget01"], seeds=[0],
+                         overrides={"ga": ["max_steps=2", "lr=1e-4"], "npo": ["max_steps=2"]})
+    assert display_name(everyone, "npo") == "npo" and display_name(everyone, "ga") == "ga (lr=1e-4)"
 
 
 def test_divergence_guard_watches_any_retain_term_and_the_gradients(tiny_llama, tiny_tokenizer, tmp_path):

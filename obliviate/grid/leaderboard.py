@@ -131,14 +131,18 @@ def _views(spec: BenchSpec, root: Path) -> dict[tuple[str, str], dict[int | None
 
 def display_name(spec: BenchSpec, method: str) -> str:
     """The name a method's rows are shown under: its labelled variant under the bench's `--set` pairs
-    (`spul` with `gate=classifier` is `spul+gate`), followed by any other pair in parentheses, so that
-    a row run away from the defaults never passes for them (`eco (alpha=0.2)`)."""
+    (`spul` with `gate=classifier` is `spul+gate`), followed in parentheses by any other pair that this
+    method was given and some other method of the bench was not (`eco (alpha=0.2)`), so that a row run
+    away from its defaults never passes for them. A pair every method was given (a bench-wide
+    `--set max_steps=2`) is a setting of the whole bench, recorded in bench.json, and not repeated."""
     from obliviate.methods import METHODS, label_for_overrides
 
     pairs = spec.overrides.get(method, [])
     cls = METHODS.get(method)
     labelled = {key for values in getattr(cls, "variants", {}).values() for key in values}
-    others = [pair.replace(" ", "") for pair in pairs if pair.split("=", 1)[0].strip() not in labelled]
+    everyone = set.intersection(*(set(spec.overrides.get(m, [])) for m in spec.methods)) if spec.methods else set()
+    others = [pair.replace(" ", "") for pair in pairs
+              if pair.split("=", 1)[0].strip() not in labelled and pair not in everyone]
     return label_for_overrides(method, pairs) + (f" ({', '.join(others)})" if others else "")
 
 
