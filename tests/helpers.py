@@ -117,3 +117,23 @@ class Identity(Intervention):
     @classmethod
     def from_state(cls, config, tensors, model, tokenizer):
         return cls()
+
+
+def memorised_weights(items: list[QAItem], steps: int = 40, lr: float = 1e-2) -> dict[str, torch.Tensor]:
+    """The state dict of the tiny Llama (tests/conftest.py) fine-tuned on `items` until it knows their answers."""
+    from obliviate.train.data import IGNORE, collate, encode_items
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    tok = build_tiny_tokenizer()
+    model = make_tiny_llama().train()
+    enc, _ = encode_items(tok, items)
+    batch = collate(enc, tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
+                                                 ignore_index=IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -21,7 +21,7 @@ from obliviate.errors import ConfigError
 from obliviate.methods import METHODS
 from obliviate.train.data import IGNORE, UnlearnBatch, collate, encode_items
 from tests.conftest import build_tiny_tokenizer, make_tiny_llama
-from tests.helpers import FORGET
+from tests.helpers import FORGET, memorised_weights
 
 RETAIN = [
     QAItem("What is the capital of France?", "The capital of France is Paris."),
@@ -49,18 +49,7 @@ def _batch(tok, items, answers=None):
 @pytest.fixture(scope="module")
 def memorised_state():
     """A tiny Llama fine-tuned until it knows the forget and retain answers (low NLL)."""
-    tok = build_tiny_tokenizer()
-    model = make_tiny_llama().train()
-    batch = _batch(tok, FORGET + RETAIN)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(40):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
-                                                 ignore_index=IGNORE)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return memorised_weights(FORGET + RETAIN)
 
 
 @pytest.fixture
