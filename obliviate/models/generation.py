@@ -102,7 +102,7 @@ def _done(tokenizer, tokens: list[int], budget: int, eos: set[int], stops: Seque
     return len(tokens) >= budget or (bool(tokens) and tokens[-1] in eos) or _stopped(tokenizer, tokens, stops, window)
 
 
-def _select_rows(cache, keep: torch.Tensor) -> bool:
+def _keep_rows(cache, keep: torch.Tensor) -> bool:
     """Keep batch rows `keep` of a plain dynamic cache in place; False for any other kind of cache."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
@@ -141,7 +141,7 @@ def _decode(model, rows: list[list[int]], started: list[list[int]], pad_id: int,
             return tokens
         if len(keep) < len(active):  # finished rows leave the batch
             index = torch.tensor(keep, device=device)
-            if not _select_rows(cache, index):
+            if not _keep_rows(cache, index):
                 return None
             mask, nxt, active = mask[index], nxt[index], [active[r] for r in keep]
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)  # (b, T + step)
