@@ -87,9 +87,8 @@ def _score_packed(model, prompts, continuations, order, batch_size, token_stats,
     h, prefix = 0, None
     if not window and len(rows) > 1 and _PACKING_SUPPORT.get(model, (True, False))[1]:
         h = _shared_prefix(prompts, order)
-        longest = max(len(prompts[i]) + sum(len(continuations[i][j]) for j in js) for i, js in rows)
         prefix = _encode_prefix(model, list(prompts[order[0]][:h])) if h else None
-        if prefix is not None and not _expandable(prefix, longest):
+        if prefix is not None and not _expandable(prefix, 0):  # a cache of plain attention layers only
             h, prefix = 0, None
     fed = lambda r: len(prompts[r[0]]) - h + sum(len(continuations[r[0]][j]) - 1 for j in r[1])  # noqa: E731
     whole = lambda r: len(prompts[r[0]]) + max(len(continuations[r[0]][j]) for j in r[1])  # noqa: E731
